@@ -1,0 +1,236 @@
+"""Radial, circular and spherical basis functions of GemNet-OC (JMP flavour).
+
+Distances are in Å and are scaled by JMP's *absolute* rbf cutoff (12 Å for
+JMP-S/L) before entering the basis, independently of the graph cutoff.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import BasisEmbedding, Dense, EdgeEmbedding
+
+
+class PolynomialEnvelope(nn.Module):
+    """Smooth cutoff ``1 + a x^p + b x^(p+1) + c x^(p+2)`` for x < 1, else 0."""
+
+    def __init__(self, exponent: int = 5):
+        super().__init__()
+        p = exponent
+        self.p = p
+        self.a = -(p + 1) * (p + 2) / 2
+        self.b = p * (p + 2)
+        self.c = -p * (p + 1) / 2
+
+    def forward(self, d_scaled: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        env = 1 + self.a * d_scaled**p + self.b * d_scaled ** (p + 1) + self.c * d_scaled ** (p + 2)
+        return torch.where(d_scaled < 1, env, torch.zeros_like(d_scaled))
+
+
+class GaussianBasis(nn.Module):
+    """Gaussians with fixed centres ``offset`` on [start, stop] and widths ``temps``."""
+
+    def __init__(self, start: float = 0.0, stop: float = 1.0, num_gaussians: int = 50):
+        super().__init__()
+        offset = torch.linspace(start, stop, num_gaussians)
+        self.register_buffer("offset", offset)
+        temp = 0.5 / ((stop - start) / (num_gaussians - 1)) ** 2
+        self.register_buffer("temps", torch.full_like(offset, temp))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (n,) -> (n, num_gaussians)."""
+        diff = x[:, None] - self.offset[None, :]
+        return torch.exp(diff.square() * -(self.temps.abs()))
+
+
+class RadialBasis(nn.Module):
+    """Envelope x Gaussian basis of d / cutoff: (n,) Å -> (n, num_radial)."""
+
+    def __init__(self, num_radial: int, cutoff: float, envelope_exponent: int = 5):
+        super().__init__()
+        self.cutoff = cutoff
+        self.envelope = PolynomialEnvelope(envelope_exponent)
+        self.rbf = GaussianBasis(0.0, 1.0, num_radial)
+
+    def forward(self, distance: torch.Tensor) -> torch.Tensor:
+        d_scaled = distance / self.cutoff
+        return self.envelope(d_scaled)[:, None] * self.rbf(d_scaled)
+
+
+def legendre_basis(cos_angle: torch.Tensor, num_spherical: int) -> torch.Tensor:
+    """Real spherical harmonics with m = 0: Y_l0 = sqrt((2l+1)/4pi) P_l(cos), l < num_spherical.
+
+    cos_angle (n,) -> (n, num_spherical).
+    """
+    polys = [torch.ones_like(cos_angle)]
+    if num_spherical > 1:
+        polys.append(cos_angle)
+    for l in range(2, num_spherical):
+        polys.append(((2 * l - 1) * cos_angle * polys[l - 1] - (l - 1) * polys[l - 2]) / l)
+    norms = [math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(num_spherical)]
+    return torch.stack([n * p for n, p in zip(norms, polys)], dim=1)
+
+
+class CircularBasisLayer(nn.Module):
+    """Radial basis of the edge distance and Legendre basis of one angle."""
+
+    def __init__(self, num_spherical: int, radial_basis: RadialBasis):
+        super().__init__()
+        self.num_spherical = num_spherical
+        self.radial_basis = radial_basis
+
+    def forward(self, distance: torch.Tensor, cos_angle: torch.Tensor):
+        """-> (n_edges, num_radial), (n_triplets, num_spherical)."""
+        return self.radial_basis(distance), legendre_basis(cos_angle, self.num_spherical)
+
+
+class SphericalBasisLayer(nn.Module):
+    """Radial basis and the outer product of Legendre bases of two angles ("legendre_outer")."""
+
+    def __init__(self, num_spherical: int, radial_basis: RadialBasis):
+        super().__init__()
+        self.num_spherical = num_spherical
+        self.radial_basis = radial_basis
+
+    def forward(self, distance: torch.Tensor, cos_angle: torch.Tensor, dihedral: torch.Tensor):
+        """-> (n_edges, num_radial), (n_quadruplets, num_spherical**2)."""
+        first = legendre_basis(cos_angle, self.num_spherical)
+        second = legendre_basis(torch.cos(dihedral), self.num_spherical)
+        outer = (first[:, :, None] * second[:, None, :]).reshape(cos_angle.shape[0], -1)
+        return self.radial_basis(distance), outer
+
+
+def cos_between(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Cosine of the angle between unit vectors (n, 3), clamped to [-1, 1]."""
+    return (u * v).sum(-1).clamp(-1.0, 1.0)
+
+
+def angle_between(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Angle in [0, pi] between (not necessarily unit) vectors, stable gradient at 0."""
+    x = (u * v).sum(-1)
+    y = torch.linalg.cross(u, v).norm(dim=-1).clamp(min=1e-9)
+    return torch.atan2(y, x)
+
+
+class Bases(nn.Module):
+    """All basis functions and their shared embeddings, plus the initial edge embedding ``m``.
+
+    Attribute names and their order follow JMP's ``Bases`` module exactly.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        c = config
+        self.num_spherical = c.num_spherical
+
+        def radial():
+            return RadialBasis(c.num_radial, c.absolute_rbf_cutoff, c.envelope_exponent)
+
+        def circular():
+            return CircularBasisLayer(c.num_spherical, radial())
+
+        self.radial_basis = radial()
+        self.cbf_basis_qint = circular()
+        self.sbf_basis_qint = SphericalBasisLayer(c.num_spherical, radial())
+        self.radial_basis_aeaint = radial()
+        self.cbf_basis_aeint = circular()
+        self.cbf_basis_eaint = circular()
+        self.radial_basis_aint = radial()
+        self.cbf_basis_tint = circular()
+
+        nr, ns, do = c.num_radial, c.num_spherical, c.dropout
+        self.mlp_rbf_qint = Dense(nr, c.emb_size_rbf, dropout=do)
+        self.mlp_cbf_qint = BasisEmbedding(nr, c.emb_size_cbf, ns)
+        self.mlp_sbf_qint = BasisEmbedding(nr, c.emb_size_sbf, ns**2)
+        self.mlp_rbf_aeint = Dense(nr, c.emb_size_rbf, dropout=do)
+        self.mlp_cbf_aeint = BasisEmbedding(nr, c.emb_size_cbf, ns)
+        self.mlp_rbf_eaint = Dense(nr, c.emb_size_rbf, dropout=do)
+        self.mlp_cbf_eaint = BasisEmbedding(nr, c.emb_size_cbf, ns)
+        self.mlp_rbf_aint = BasisEmbedding(nr, c.emb_size_rbf)
+        self.mlp_rbf_tint = Dense(nr, c.emb_size_rbf, dropout=do)
+        self.mlp_cbf_tint = BasisEmbedding(nr, c.emb_size_cbf, ns)
+        self.mlp_rbf_h = Dense(nr, c.emb_size_rbf, dropout=do)
+        self.mlp_rbf_out = Dense(nr, c.emb_size_rbf, dropout=do)
+        self.edge_emb = EdgeEmbedding(c.emb_size_atom, nr, c.emb_size_edge, activation=c.activation, dropout=do)
+
+    @staticmethod
+    def quadruplet_angles(v_main: torch.Tensor, v_qint: torch.Tensor, quad: dict):
+        """Angles of quadruplets c->a<-b<-d (main c->a, qint b->a, main d->b).
+
+        Returns cos(c-a-b) per triplet_out, cos(a-b-d) per triplet_in and the
+        dihedral c-a-b-d in [0, pi] per quadruplet.
+        """
+        v_ba_in = v_qint[quad["triplet_in"]["out"]]
+        v_db = v_main[quad["triplet_in"]["in"]]
+        cos_abd = cos_between(v_ba_in, v_db)
+        normal_abd = torch.linalg.cross(v_db, v_ba_in)[quad["trip_in_to_quad"]]
+
+        v_ca = v_main[quad["triplet_out"]["out"]]
+        v_ba_out = v_qint[quad["triplet_out"]["in"]]
+        cos_cab = cos_between(v_ca, v_ba_out)
+        normal_cab = torch.linalg.cross(v_ca, v_ba_out)[quad["trip_out_to_quad"]]
+        return cos_cab, cos_abd, angle_between(normal_cab, normal_abd)
+
+    def forward(self, h: torch.Tensor, geom: dict, idx: dict, num_atoms: int) -> dict:
+        """Compute every basis used by the interaction and output blocks.
+
+        ``geom[g]`` holds ``distance`` (E_g,) Å and ``vector`` (E_g, 3) unit vectors
+        for graph g in main/a2a/a2ee2a/qint; ``idx`` is :func:`jmp_ase.indices.interaction_indices`.
+        """
+        main, a2a, aea, qint = geom["main"], geom["a2a"], geom["a2ee2a"], geom["qint"]
+        trip, t_a2e, t_e2a, quad = idx["trip_e2e"], idx["trip_a2e"], idx["trip_e2a"], idx["quad"]
+
+        rad_main = self.radial_basis(main["distance"])
+        rad_cir_e2e, cir_e2e = self.cbf_basis_tint(
+            main["distance"], cos_between(main["vector"][trip["out"]], main["vector"][trip["in"]])
+        )
+        cos_cab_q, cos_abd, dihedral = self.quadruplet_angles(main["vector"], qint["vector"], quad)
+        rad_cir_qint, cir_qint = self.cbf_basis_qint(qint["distance"], cos_abd)
+        rad_sph_qint, sph_qint = self.sbf_basis_qint(
+            main["distance"], cos_cab_q[quad["trip_out_to_quad"]], dihedral
+        )
+        rad_aea = self.radial_basis_aeaint(aea["distance"])
+        rad_cir_a2e, cir_a2e = self.cbf_basis_aeint(
+            main["distance"], cos_between(main["vector"][t_a2e["out"]], aea["vector"][t_a2e["in"]])
+        )
+        rad_cir_e2a, cir_e2a = self.cbf_basis_eaint(
+            aea["distance"], cos_between(aea["vector"][t_e2a["out"]], main["vector"][t_e2a["in"]])
+        )
+        rad_a2a = self.radial_basis_aint(a2a["distance"])
+
+        aea_target = idx["a2ee2a_edge_index"][1]
+        e2a_rad_w, e2a_sph = self.mlp_cbf_eaint.forward_padded(
+            rad_cir_e2a, cir_e2a, t_e2a["out"], t_e2a["out_agg"]
+        )
+        a2a_rad_w = self.mlp_rbf_aint.radial(rad_a2a)
+        return {
+            "m": self.edge_emb(h, rad_main, idx["main_edge_index"]),
+            "atom_update": self.mlp_rbf_h(rad_main),
+            "output": self.mlp_rbf_out(rad_main),
+            "qint": {
+                "rad": self.mlp_rbf_qint(rad_main),
+                "cir": self.mlp_cbf_qint.forward_gathered(rad_cir_qint, cir_qint, quad["triplet_in"]["out"]),
+                "sph": self.mlp_sbf_qint.forward_padded(rad_sph_qint, sph_qint, quad["out"], quad["out_agg"]),
+            },
+            "e2e": {
+                "rad": self.mlp_rbf_tint(rad_main),
+                "cir": self.mlp_cbf_tint.forward_padded(rad_cir_e2e, cir_e2e, trip["out"], trip["out_agg"]),
+            },
+            "a2e": {
+                "rad": self.mlp_rbf_aeint(rad_aea),
+                "cir": self.mlp_cbf_aeint.forward_padded(rad_cir_a2e, cir_a2e, t_a2e["out"], t_a2e["out_agg"]),
+            },
+            "e2a": {
+                "rad": self.mlp_rbf_eaint(rad_main),
+                "cir": (
+                    self.mlp_cbf_eaint.pad_radial_by_atom(e2a_rad_w, aea_target, idx["a2ee2a_target_inner"], num_atoms),
+                    e2a_sph,
+                ),
+            },
+            "a2a_rad": self.mlp_rbf_aint.pad_radial_by_atom(
+                a2a_rad_w, idx["a2a_edge_index"][1], idx["a2a_target_inner"], num_atoms
+            ),
+        }

@@ -1,0 +1,627 @@
+"""Neighbour lists fed to GemNet-OC, built the way JMP's fine-tuning transform builds them.
+
+One radius graph is computed per structure at the "a2a" settings (the cutoff and
+``int(max_neighbors * 1000 / 30)`` neighbours per atom); the other graphs are
+sub-selections of it:
+
+========  ==========================================================================
+``main``    the ``max_neighbors`` nearest sources of every target atom
+``a2a``     the ``int(max_neighbors * 1000 / 30)`` nearest sources (the full graph)
+``a2ee2a``  the ``int(max_neighbors * 20 / 30)`` nearest sources
+``qint``    the ``int(max_neighbors * 8 / 30)`` nearest sources, then only the edges
+            with a source or target whose tag is in ``qint_tags``
+========  ==========================================================================
+
+Conventions (the same as JMP's):
+
+* An edge is ``(s, t)``: row 0 of ``edge_index`` is the source, row 1 the target.
+* ``cell_offset`` holds integer image shifts applied to the *source*: the source sits at
+  ``pos[s] + cell_offset @ cell``. The model computes the edge vector
+  ``pos[t] - pos[s] - cell_offset @ cell`` (source image -> target) and its length.
+* Every pair with ``1e-2 Å < distance <= cutoff`` is an edge (JMP drops ``d² <= 1e-4``,
+  which removes the self pair); an atom and its own periodic image are an edge too.
+* "Nearest k" is strict: per target atom exactly ``min(k, degree)`` edges are kept, those of
+  smallest distance. Distances for this choice are computed in float32 with JMP's own
+  formulas and ranked with JMP's padded ``torch.sort``, so exactly tied neighbours (perfect
+  crystals, an atom's own images) are chosen as JMP chooses them; this matters for the edge
+  count after symmetrisation. As in JMP, a limit ``k <= 0`` (``max_neighbors < 4`` gives
+  ``qint`` a limit of 0) means no limit.
+* Edges are in JMP's enumeration order: sorted by target atom, then source atom, then
+  offset (lexicographic). The main graph is *not* symmetrised here.
+* Molecules (no periodic direction) use the same rules; JMP's ``torch_cluster`` path
+  keeps an arbitrary (not the nearest) subset when an atom has more than the a2a limit
+  (1000 for max_neighbors 30) neighbours, here the nearest are kept.
+
+Only index work happens here (NumPy, no autograd, cost linear in the number of atoms: the
+pair search is ``vesin``'s cell list). Geometry needing gradients is recomputed by the model
+from ``edge_index`` and ``cell_offset``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "GRAPH_TYPES",
+    "GraphSettings",
+    "StructureGraphs",
+    "batch_graphs",
+    "resolve_tags",
+    "structure_graphs",
+    "structure_graphs_checked",
+    "structure_graphs_from_atoms",
+    "validate_structure",
+]
+
+GRAPH_TYPES = ("main", "a2a", "a2ee2a", "qint")
+
+# JMP drops pairs whose squared distance is at most this (Å²): the self pair and duplicates.
+_MIN_DISTANCE_SQ = 1e-4
+# Tag given to every atom of a structure without tags (JMP's fine-tuning convention).
+_DEFAULT_TAG = 2
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """Cutoff and neighbour limits of the four GemNet-OC graphs.
+
+    All four graphs share ``cutoff`` (Å), as in JMP's fine-tuning transform. Neighbour
+    limits of the other graphs follow JMP's GemNet-OC proportions 30 : 1000 : 20 : 8
+    (main : a2a : a2ee2a : qint).
+    """
+
+    cutoff: float = 12.0
+    max_neighbors: int = 30
+    qint_tags: tuple[int, ...] = (1, 2)
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.cutoff) and self.cutoff > 0):
+            raise ValueError(f"cutoff must be a positive number of Å, got {self.cutoff!r}")
+        if int(self.max_neighbors) != self.max_neighbors or self.max_neighbors < 1:
+            raise ValueError(
+                f"max_neighbors must be a positive integer, got {self.max_neighbors!r}"
+            )
+        object.__setattr__(self, "cutoff", float(self.cutoff))
+        object.__setattr__(self, "max_neighbors", int(self.max_neighbors))
+        object.__setattr__(self, "qint_tags", tuple(int(t) for t in self.qint_tags))
+
+    @property
+    def a2a_max_neighbors(self) -> int:
+        """Neighbour limit of the atom-to-atom graph: ``int(max_neighbors * 1000 / 30)``."""
+        return int(self.max_neighbors * 1000 / 30)
+
+    @property
+    def a2ee2a_max_neighbors(self) -> int:
+        """Neighbour limit of the atom-to-edge / edge-to-atom graph: ``int(max_neighbors * 20 / 30)``."""
+        return int(self.max_neighbors * 20 / 30)
+
+    @property
+    def qint_max_neighbors(self) -> int:
+        """Neighbour limit of the quadruplet graph (before the tag filter): ``int(max_neighbors * 8 / 30)``."""
+        return int(self.max_neighbors * 8 / 30)
+
+    def max_neighbors_of(self, graph_type: str) -> int:
+        """Neighbour limit of one graph type (one of ``GRAPH_TYPES``)."""
+        limits = {
+            "main": self.max_neighbors,
+            "a2a": self.a2a_max_neighbors,
+            "a2ee2a": self.a2ee2a_max_neighbors,
+            "qint": self.qint_max_neighbors,
+        }
+        if graph_type not in limits:
+            raise KeyError(f"unknown graph type {graph_type!r}; expected one of {GRAPH_TYPES}")
+        return limits[graph_type]
+
+
+@dataclass
+class StructureGraphs:
+    """The four graphs of one structure; atom indices are local to the structure.
+
+    ``edge_index[g]``: LongTensor (2, E_g), row 0 source, row 1 target, sorted by target.
+    ``cell_offset[g]``: LongTensor (E_g, 3), integer lattice shift of the source atom.
+    """
+
+    edge_index: dict[str, torch.Tensor]
+    cell_offset: dict[str, torch.Tensor]
+
+    def num_edges(self, graph_type: str) -> int:
+        """Number of edges E of one graph type."""
+        return int(self.edge_index[graph_type].shape[1])
+
+
+# --------------------------------------------------------------------------------------
+# Input normalisation
+# --------------------------------------------------------------------------------------
+
+
+def _as_positions(positions) -> np.ndarray:
+    if torch.is_tensor(positions):
+        positions = positions.detach().cpu().numpy()
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim == 1 and pos.size == 0:
+        pos = pos.reshape(0, 3)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"positions must have shape (N, 3), got {pos.shape}")
+    return pos
+
+
+def _as_pbc(pbc) -> np.ndarray:
+    if torch.is_tensor(pbc):
+        pbc = pbc.detach().cpu().numpy()
+    arr = np.asarray(pbc, dtype=bool)
+    if arr.ndim == 0:
+        arr = np.repeat(arr, 3)
+    arr = arr.reshape(-1)
+    if arr.shape != (3,):
+        raise ValueError(f"pbc must be a bool or 3 bools, got {pbc!r}")
+    return arr
+
+
+def _as_cell(cell) -> np.ndarray:
+    """(3, 3) float64 array, rows = lattice vectors (Å); None gives zeros."""
+    if cell is None:
+        return np.zeros((3, 3))
+    if torch.is_tensor(cell):
+        cell = cell.detach().cpu().numpy()
+    arr = np.asarray(cell, dtype=np.float64)
+    if arr.shape == (1, 3, 3):
+        arr = arr[0]
+    if arr.shape == (3,):
+        arr = np.diag(arr)
+    if arr.shape != (3, 3):
+        raise ValueError(f"cell must have shape (3, 3) (rows = lattice vectors), got {arr.shape}")
+    return arr
+
+
+def _periodic_cell_problem(cell: np.ndarray, pbc: np.ndarray) -> str | None:
+    """Describe why the periodic lattice vectors are unusable, or None when they are fine."""
+    if not pbc.any():
+        return None
+    rows = cell[pbc]
+    if not np.all(np.isfinite(rows)):
+        return f"cell has non-finite entries in a periodic direction: {cell.tolist()}"
+    norms = np.linalg.norm(rows, axis=1)
+    if np.any(norms < 1e-8):
+        return (
+            f"cell is singular: lattice vector(s) {np.flatnonzero(pbc)[norms < 1e-8].tolist()} "
+            f"are zero but periodic (pbc={pbc.tolist()})"
+        )
+    unit = rows / norms[:, None]
+    # Gram determinant of the normalised periodic vectors: 1 for orthogonal, 0 for dependent.
+    gram_det = np.linalg.det(unit @ unit.T)
+    if not gram_det > 1e-10:
+        return (
+            f"cell is singular: the periodic lattice vectors {rows.tolist()} are linearly "
+            f"dependent (pbc={pbc.tolist()})"
+        )
+    return None
+
+
+def resolve_tags(tags) -> np.ndarray:
+    """JMP's tag convention; returns an (N,) int64 array.
+
+    If any tag is nonzero the tags are used as they are (OC20: 0 bulk, 1 surface,
+    2 adsorbate); otherwise (all zero, as ASE gives by default) every atom gets tag 2.
+    The rule is idempotent.
+    """
+    if torch.is_tensor(tags):
+        tags = tags.detach().cpu().numpy()
+    arr = np.asarray(tags).reshape(-1)
+    if arr.size and not np.all(np.equal(np.mod(arr, 1), 0)):
+        raise ValueError(f"tags must be integers, got {arr!r}")
+    arr = arr.astype(np.int64)
+    if not np.any(arr != 0):
+        return np.full(arr.shape, _DEFAULT_TAG, dtype=np.int64)
+    return arr
+
+
+# --------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------
+
+
+def _symbol(z: int) -> str:
+    from ase.data import chemical_symbols
+
+    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
+
+
+def _describe_atoms(indices, numbers, limit: int = 10) -> str:
+    indices = [int(i) for i in indices]
+    parts = [f"{i} ({_symbol(int(numbers[i]))})" for i in indices[:limit]]
+    if len(indices) > limit:
+        parts.append(f"... {len(indices) - limit} more")
+    return ", ".join(parts)
+
+
+def validate_structure(
+    numbers,
+    positions,
+    cell,
+    pbc,
+    *,
+    num_elements: int = 120,
+    min_distance: float = 0.1,
+) -> None:
+    """Raise ``ValueError`` naming the offending atoms (index and symbol) for a bad structure.
+
+    Checks: atomic numbers ``1 <= Z <= num_elements``; finite positions (N, 3) Å; when any
+    direction is periodic, a finite cell (3, 3) Å whose periodic lattice vectors are
+    nonzero and independent (a non-periodic direction may have a zero vector); a cell given
+    for a molecule must be finite too; no two atoms (periodic images included) closer than
+    ``min_distance`` Å. Cost linear in the number of atoms.
+    """
+    if torch.is_tensor(numbers):
+        numbers = numbers.detach().cpu().numpy()
+    z = np.asarray(numbers).reshape(-1)
+    pos = _as_positions(positions)
+    pbc_arr = _as_pbc(pbc)
+    if z.shape[0] != pos.shape[0]:
+        raise ValueError(
+            f"numbers has {z.shape[0]} entries but positions has {pos.shape[0]} atoms"
+        )
+    if z.size and not np.all(np.equal(np.mod(z, 1), 0)):
+        bad = np.flatnonzero(~np.equal(np.mod(z, 1), 0))
+        raise ValueError(f"atomic numbers must be integers; atoms {bad.tolist()} are not")
+    z = z.astype(np.int64)
+
+    bad = np.flatnonzero((z < 1) | (z > num_elements))
+    if bad.size:
+        desc = ", ".join(f"{i} (Z={z[i]})" for i in bad[:10].tolist())
+        raise ValueError(
+            f"unknown element (atomic number outside 1..{num_elements}) for atoms {desc}"
+        )
+
+    bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
+    if bad.size:
+        raise ValueError(
+            f"non-finite (NaN/inf) positions for atoms {_describe_atoms(bad, z)}"
+        )
+
+    if cell is None:
+        if pbc_arr.any():
+            raise ValueError(f"pbc={pbc_arr.tolist()} is periodic but no cell was given")
+        cell_arr = np.zeros((3, 3))
+    else:
+        cell_arr = _as_cell(cell)
+        if not np.all(np.isfinite(cell_arr)):
+            raise ValueError(f"cell has non-finite (NaN/inf) entries: {cell_arr.tolist()}")
+    problem = _periodic_cell_problem(cell_arr, pbc_arr)
+    if problem is not None:
+        raise ValueError(problem)
+
+    if pos.shape[0] == 0 or min_distance <= 0:
+        return
+    i, j, shifts, dist = _vesin_pairs(pos, cell_arr, pbc_arr, float(min_distance), full=False)
+    close = dist < min_distance
+    if np.any(close):
+        i, j, shifts, dist = i[close], j[close], shifts[close], dist[close]
+        order = np.argsort(dist, kind="stable")[:10]
+        pairs = []
+        for k in order.tolist():
+            a, b, shift = int(i[k]), int(j[k]), shifts[k]
+            if b < a:
+                a, b, shift = b, a, -shift
+            image = "" if not np.any(shift) else f" (periodic image {shift.tolist()} of {b})"
+            pairs.append(
+                f"atoms {a} ({_symbol(int(z[a]))}) and {b} ({_symbol(int(z[b]))}){image}: "
+                f"{dist[k]:.4g} Å"
+            )
+        more = f"; {int(close.sum()) - len(pairs)} more pairs" if close.sum() > len(pairs) else ""
+        raise ValueError(
+            f"atoms closer than min_distance={min_distance} Å: " + "; ".join(pairs) + more
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Graph construction
+# --------------------------------------------------------------------------------------
+
+
+def _vesin_pairs(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, *, full: bool):
+    """All pairs with distance < cutoff from vesin: (i, j, shifts, distance).
+
+    vesin's convention: the vector of pair (i, j, S) is ``pos[j] + S @ box - pos[i]``.
+    Non-periodic directions get a zero box vector (vesin then searches the bounding box).
+    """
+    from vesin import NeighborList
+
+    box = np.where(pbc[:, None], cell, 0.0)
+    calculator = NeighborList(cutoff=cutoff, full_list=full)
+    i, j, shifts, dist = calculator.compute(
+        points=np.ascontiguousarray(pos), box=box, periodic=[bool(p) for p in pbc],
+        quantities="ijSd",
+    )
+    return (
+        np.asarray(i, dtype=np.int64),
+        np.asarray(j, dtype=np.int64),
+        np.asarray(shifts, dtype=np.int64).reshape(-1, 3),
+        np.asarray(dist, dtype=np.float64),
+    )
+
+
+def _enumeration_order(t: np.ndarray, s: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """Permutation sorting edges by (target, source, offset lexicographic).
+
+    This is the order in which JMP's ``radius_graph_pbc`` enumerates pairs; the keys are
+    unique, so the result does not depend on the order vesin returned them in.
+    """
+    if t.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo = off.min(axis=0)
+    span = (off.max(axis=0) - lo + 1).astype(np.int64)
+    n = int(max(t.max(), s.max())) + 1
+    if float(n) * float(n) * float(np.prod(span.astype(np.float64))) < 2.0**62:
+        rel = off - lo
+        code = ((t * n + s) * span[0] + rel[:, 0]) * span[1] + rel[:, 1]
+        code = code * span[2] + rel[:, 2]
+        return np.argsort(code)
+    return np.lexsort((off[:, 2], off[:, 1], off[:, 0], s, t))
+
+
+# Elements of one padded (targets x max degree) block sorted at a time in _neighbor_ranks.
+_RANK_BLOCK_ELEMENTS = 1 << 22
+
+
+def _neighbor_ranks(t: np.ndarray, key: torch.Tensor, num_atoms: int, min_limit: int) -> np.ndarray:
+    """Rank (0 = nearest) of every edge among the edges of its target, ranked by ``key``.
+
+    Edges must be in enumeration order (sorted by target, then source, then offset).
+    Reproduces JMP's ``get_max_neighbors_mask`` exactly, ties included: each target's keys
+    are laid out in enumeration order in a row of length max-degree padded with +inf and
+    the rows are sorted with ``torch.sort`` (float32). Only targets with more than
+    ``min_limit`` edges need ranking (the others keep all their edges under any limit
+    >= ``min_limit``); their rows are sorted in blocks, so memory stays linear in the
+    number of edges. Returns an (E,) int64 array.
+    """
+    counts = np.bincount(t, minlength=num_atoms)
+    start = np.cumsum(counts) - counts
+    rank = np.arange(t.size, dtype=np.int64) - start[t]
+    if t.size == 0:
+        return rank
+    width = int(counts.max())
+    heavy = np.flatnonzero(counts > min_limit)
+    rows_per_block = max(1, _RANK_BLOCK_ELEMENTS // width)
+    for b in range(0, heavy.size, rows_per_block):
+        atoms = heavy[b : b + rows_per_block]
+        row_counts = counts[atoms]
+        row = np.repeat(np.arange(atoms.size), row_counts)
+        col = np.arange(row.size) - np.repeat(np.cumsum(row_counts) - row_counts, row_counts)
+        edge = start[atoms][row] + col
+        row_t, col_t, edge_t = (torch.from_numpy(a) for a in (row, col, edge))
+        padded = torch.full((atoms.size, width), float("inf"), dtype=torch.float32)
+        padded[row_t, col_t] = key[edge_t]
+        order = torch.sort(padded, dim=1).indices
+        positions = torch.empty_like(order)
+        positions.scatter_(1, order, torch.arange(width).expand(atoms.size, width))
+        rank[edge] = positions[row_t, col_t].numpy()
+    return rank
+
+
+def _offset_table(off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct integer offsets (U, 3) and the index (E,) of each edge's offset among them.
+
+    Offsets span a small box, so a dense code replaces a sort of the (E, 3) rows.
+    """
+    if off.shape[0] == 0:
+        return np.zeros((0, 3), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    lo = off.min(axis=0)
+    span = off.max(axis=0) - lo + 1
+    rel = off - lo
+    code = (rel[:, 0] * span[1] + rel[:, 1]) * span[2] + rel[:, 2]
+    size = int(np.prod(span))
+    if size <= 4 * off.shape[0] + 1024:
+        present = np.zeros(size, dtype=bool)
+        present[code] = True
+        codes = np.flatnonzero(present)
+        lookup = np.cumsum(present) - 1
+        inverse = lookup[code]
+    else:
+        codes, inverse = np.unique(code, return_inverse=True)
+    uniq = np.stack(np.unravel_index(codes, tuple(int(x) for x in span)), axis=1) + lo
+    return uniq.astype(np.int64), inverse.reshape(-1).astype(np.int64)
+
+
+def _jmp_squared_distance(pos32, cell32, t, s, uniq, inverse) -> torch.Tensor:
+    """Squared distance (float32) computed as JMP's ``radius_graph_pbc`` does.
+
+    ``|pos[t] - (pos[s] + cell^T @ offset)|²``; used for the cutoff test and the a2a limit.
+    ``uniq``/``inverse`` come from ``_offset_table``.
+    """
+    shift = torch.bmm(
+        cell32.t().unsqueeze(0), torch.from_numpy(uniq).float().t().unsqueeze(0)
+    )[0].t()
+    source = pos32[torch.from_numpy(s)] + shift[torch.from_numpy(inverse)]
+    return torch.sum((pos32[torch.from_numpy(t)] - source) ** 2, dim=1)
+
+
+def _jmp_distance(pos32, cell32, t, s, uniq, inverse) -> torch.Tensor:
+    """Distance (float32) computed as JMP's ``get_pbc_distances`` does; ranks the subgraphs.
+
+    ``|(pos[s] - pos[t]) + offset @ cell|``.
+    """
+    shift = torch.from_numpy(uniq).float().view(-1, 1, 3)
+    shift = shift.bmm(cell32.expand(uniq.shape[0], 3, 3).contiguous()).view(-1, 3)
+    vec = pos32[torch.from_numpy(s)] - pos32[torch.from_numpy(t)]
+    vec += shift[torch.from_numpy(inverse)]
+    return vec.norm(dim=-1)
+
+
+def _empty_graphs() -> StructureGraphs:
+    return StructureGraphs(
+        edge_index={g: torch.zeros((2, 0), dtype=torch.long) for g in GRAPH_TYPES},
+        cell_offset={g: torch.zeros((0, 3), dtype=torch.long) for g in GRAPH_TYPES},
+    )
+
+
+def structure_graphs(
+    positions,
+    cell,
+    pbc,
+    tags=None,
+    settings: GraphSettings | None = None,
+) -> StructureGraphs:
+    """The main / a2a / a2ee2a / qint graphs of one structure.
+
+    Args:
+        positions: (N, 3) Cartesian positions, Å (array-like or tensor; not differentiated).
+        cell: (3, 3) lattice vectors as rows, Å, or None for a molecule. Rows of
+            non-periodic directions are ignored (they may be zero).
+        pbc: bool or (3,) bools. All False (or cell None) = non-periodic molecule.
+        tags: (N,) ints or None; passed through ``resolve_tags`` (all zero / None means
+            every atom is tag 2), then used for the qint filter.
+        settings: cutoff and neighbour limits; defaults to ``GraphSettings()``.
+
+    Returns:
+        ``StructureGraphs`` with local atom indices; empty (2, 0) graphs when no pair is in
+        range (e.g. a single atom in a molecule). Within each graph, edges are sorted by
+        target, then source, then offset (JMP's enumeration order).
+
+    Distances used for selection are computed in float32 with JMP's formulas and ranked
+    with JMP's padded ``torch.sort``, so even exactly tied neighbours (perfect crystals,
+    an atom's own images) are chosen as JMP chooses them. Does not validate the structure
+    beyond shapes and the periodic cell: call ``validate_structure`` first, or use
+    ``structure_graphs_checked``.
+    """
+    settings = GraphSettings() if settings is None else settings
+    pos = _as_positions(positions)
+    pbc_arr = _as_pbc(pbc)
+    if cell is None and pbc_arr.any():
+        raise ValueError(f"pbc={pbc_arr.tolist()} is periodic but no cell was given")
+    cell_arr = _as_cell(cell)
+    problem = _periodic_cell_problem(cell_arr, pbc_arr)
+    if problem is not None:
+        raise ValueError(problem)
+    n = pos.shape[0]
+    bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
+    if bad.size:
+        raise ValueError(f"non-finite (NaN/inf) positions for atoms {bad[:10].tolist()}")
+    tag_arr = np.full(n, _DEFAULT_TAG, dtype=np.int64) if tags is None else resolve_tags(tags)
+    if tag_arr.shape[0] != n:
+        raise ValueError(f"tags has {tag_arr.shape[0]} entries but there are {n} atoms")
+    if n == 0:
+        return _empty_graphs()
+
+    cutoff = settings.cutoff
+    # Candidates from vesin (exclusive cutoff, float64), searched a little further so that
+    # every pair JMP's float32 test accepts is among them.
+    search = cutoff * (1.0 + 1e-6) + 1e-3
+    i, j, off, _ = _vesin_pairs(pos, cell_arr, pbc_arr, search, full=True)
+    # vesin pair (i, j, S): vector pos[j] + S @ box - pos[i] -> target i, source j, shift S.
+    t, s = i, j
+    pos32 = torch.from_numpy(pos).float()
+    cell32 = torch.from_numpy(np.where(pbc_arr[:, None], cell_arr, 0.0)).float()
+
+    uniq, inverse = _offset_table(off)
+    d2 = _jmp_squared_distance(pos32, cell32, t, s, uniq, inverse)
+    keep = (torch.le(d2, cutoff * cutoff) & torch.gt(d2, _MIN_DISTANCE_SQ)).numpy()
+    t, s, off, inverse = t[keep], s[keep], off[keep], inverse[keep]
+    d2 = d2[torch.from_numpy(keep)]
+    order = _enumeration_order(t, s, off)
+    t, s, off, inverse = t[order], s[order], off[order], inverse[order]
+    d2 = d2[torch.from_numpy(order)]
+
+    # a2a: the radius graph with its own (nearest-first) neighbour limit.
+    a2a_limit = settings.a2a_max_neighbors
+    if a2a_limit > 0 and t.size and np.bincount(t).max() > a2a_limit:
+        m = _neighbor_ranks(t, d2, n, a2a_limit) < a2a_limit
+        t, s, off, inverse = t[m], s[m], off[m], inverse[m]
+
+    # main / a2ee2a / qint: sub-selections of a2a by distance rank per target.
+    limits = {
+        "main": settings.max_neighbors,
+        "a2ee2a": settings.a2ee2a_max_neighbors,
+        "qint": settings.qint_max_neighbors,
+    }
+    active = [k for k in limits.values() if 0 < k < a2a_limit or (a2a_limit <= 0 < k)]
+    if active and t.size:
+        rank = _neighbor_ranks(t, _jmp_distance(pos32, cell32, t, s, uniq, inverse), n, min(active))
+    else:
+        rank = np.zeros(t.shape, dtype=np.int64)
+    masks = {"a2a": np.ones(t.shape, dtype=bool)}
+    for graph_type, k in limits.items():
+        masks[graph_type] = rank < k if k > 0 else np.ones(t.shape, dtype=bool)
+    qint_tags = np.asarray(settings.qint_tags, dtype=np.int64)
+    masks["qint"] &= np.isin(tag_arr[s], qint_tags) | np.isin(tag_arr[t], qint_tags)
+
+    edge_index: dict[str, torch.Tensor] = {}
+    cell_offset: dict[str, torch.Tensor] = {}
+    for graph_type in GRAPH_TYPES:
+        m = masks[graph_type]
+        edge_index[graph_type] = torch.from_numpy(np.stack([s[m], t[m]]).astype(np.int64))
+        cell_offset[graph_type] = torch.from_numpy(
+            np.ascontiguousarray(off[m], dtype=np.int64).reshape(-1, 3)
+        )
+    return StructureGraphs(edge_index=edge_index, cell_offset=cell_offset)
+
+
+def structure_graphs_checked(
+    numbers,
+    positions,
+    cell,
+    pbc,
+    tags=None,
+    settings: GraphSettings | None = None,
+    *,
+    num_elements: int = 120,
+    min_distance: float = 0.1,
+) -> StructureGraphs:
+    """``validate_structure`` then ``structure_graphs`` (same arguments; numbers (N,) ints)."""
+    validate_structure(
+        numbers, positions, cell, pbc, num_elements=num_elements, min_distance=min_distance
+    )
+    return structure_graphs(positions, cell, pbc, tags, settings)
+
+
+def structure_graphs_from_atoms(
+    atoms,
+    settings: GraphSettings | None = None,
+    *,
+    validate: bool = True,
+    num_elements: int = 120,
+    min_distance: float = 0.1,
+) -> StructureGraphs:
+    """Graphs of an ``ase.Atoms`` (positions, cell, pbc and tags read from it).
+
+    A non-periodic ``Atoms`` is treated as a molecule whatever its cell (JMP's 1000 Å box
+    plays no role). ``validate=True`` runs ``validate_structure`` first.
+    """
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    cell = np.asarray(atoms.cell.array, dtype=np.float64) if pbc.any() else None
+    if validate:
+        validate_structure(
+            atoms.numbers, atoms.positions, cell, pbc,
+            num_elements=num_elements, min_distance=min_distance,
+        )
+    return structure_graphs(atoms.positions, cell, pbc, atoms.get_tags(), settings)
+
+
+def batch_graphs(
+    per_structure: Sequence[StructureGraphs], num_atoms: Sequence[int]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Concatenate per-structure graphs into one batch.
+
+    Atom indices of structure b are shifted by ``sum(num_atoms[:b])``. Returns
+    ``{graph_type: {"edge_index": LongTensor (2, E), "cell_offset": LongTensor (E, 3)}}``
+    for every graph type in ``GRAPH_TYPES``; edges stay grouped by structure and sorted by
+    (batch-global) target.
+    """
+    if len(per_structure) != len(num_atoms):
+        raise ValueError(
+            f"{len(per_structure)} graphs but {len(num_atoms)} atom counts were given"
+        )
+    starts = np.concatenate([[0], np.cumsum(np.asarray(num_atoms, dtype=np.int64))[:-1]])
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for graph_type in GRAPH_TYPES:
+        indices = [
+            g.edge_index[graph_type] + int(start) for g, start in zip(per_structure, starts)
+        ]
+        offsets = [g.cell_offset[graph_type] for g in per_structure]
+        out[graph_type] = {
+            "edge_index": torch.cat(indices, dim=1) if indices else torch.zeros((2, 0), dtype=torch.long),
+            "cell_offset": torch.cat(offsets, dim=0) if offsets else torch.zeros((0, 3), dtype=torch.long),
+        }
+    return out

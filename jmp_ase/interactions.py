@@ -1,0 +1,227 @@
+"""Interaction and output blocks of GemNet-OC (names and shapes as in JMP)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import (
+    Dense,
+    EdgeEmbedding,
+    EfficientInteractionBilinear,
+    ResidualLayer,
+    ScaleFactor,
+    padded_max,
+    scatter_sum,
+)
+
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+
+
+def _symmetric_output(module: nn.Module, x: torch.Tensor, id_swap: torch.Tensor) -> torch.Tensor:
+    """Message to c->a plus the message meant for a->c, swapped onto its reverse edge."""
+    return (module.up_projection_ca(x) + module.up_projection_ac(x)[id_swap]) * INV_SQRT_2
+
+
+class TripletInteraction(nn.Module):
+    """Messages from edges (or atoms) b->a to edges c->a through the angle c-a-b."""
+
+    def __init__(self, emb_size_in, emb_size_out, emb_size_trip_in, emb_size_trip_out, emb_size_rbf,
+                 emb_size_cbf, symmetric_mp=True, swap_output=True, activation=None, dropout=None):
+        super().__init__()
+        self.symmetric_mp = symmetric_mp
+        self.swap_output = swap_output
+        self.dense_ba = Dense(emb_size_in, emb_size_in, activation=activation, dropout=dropout)
+        self.mlp_rbf = Dense(emb_size_rbf, emb_size_in, dropout=dropout)
+        self.scale_rbf = ScaleFactor()
+        self.mlp_cbf = EfficientInteractionBilinear(emb_size_trip_in, emb_size_cbf, emb_size_trip_out, dropout=dropout)
+        self.scale_cbf_sum = ScaleFactor()
+        self.down_projection = Dense(emb_size_in, emb_size_trip_in, activation=activation, dropout=dropout)
+        self.up_projection_ca = Dense(emb_size_trip_out, emb_size_out, activation=activation, dropout=dropout)
+        if symmetric_mp:
+            self.up_projection_ac = Dense(emb_size_trip_out, emb_size_out, activation=activation, dropout=dropout)
+
+    def forward(self, m, bases, idx, id_swap, expand_idx=None, idx_agg2=None, idx_agg2_inner=None, agg2_out_size=None):
+        x_ba = self.dense_ba(m)
+        if expand_idx is not None:
+            x_ba = x_ba[expand_idx]
+        x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases["rad"]), ref=x_ba)
+        x_ba = self.down_projection(x_ba)[idx["in"]]
+        x = self.mlp_cbf(bases["cir"], x_ba, idx["out"], idx["out_agg"], idx_agg2, idx_agg2_inner, agg2_out_size)
+        x = self.scale_cbf_sum(x, ref=x_ba)
+        if self.symmetric_mp:
+            return _symmetric_output(self, x, id_swap)
+        if self.swap_output:
+            x = x[id_swap]
+        return self.up_projection_ca(x)
+
+
+class QuadrupletInteraction(nn.Module):
+    """Messages from edges d->b to edges c->a through the dihedral c-a-b-d."""
+
+    def __init__(self, emb_size_edge, emb_size_quad_in, emb_size_quad_out, emb_size_rbf, emb_size_cbf,
+                 emb_size_sbf, activation=None, dropout=None):
+        super().__init__()
+        self.dense_db = Dense(emb_size_edge, emb_size_edge, activation=activation, dropout=dropout)
+        self.mlp_rbf = Dense(emb_size_rbf, emb_size_edge, dropout=dropout)
+        self.scale_rbf = ScaleFactor()
+        self.mlp_cbf = Dense(emb_size_cbf, emb_size_quad_in, dropout=dropout)
+        self.scale_cbf = ScaleFactor()
+        self.mlp_sbf = EfficientInteractionBilinear(emb_size_quad_in, emb_size_sbf, emb_size_quad_out, dropout=dropout)
+        self.scale_sbf_sum = ScaleFactor()
+        self.down_projection = Dense(emb_size_edge, emb_size_quad_in, activation=activation, dropout=dropout)
+        self.up_projection_ca = Dense(emb_size_quad_out, emb_size_edge, activation=activation, dropout=dropout)
+        self.up_projection_ac = Dense(emb_size_quad_out, emb_size_edge, activation=activation, dropout=dropout)
+
+    def forward(self, m, bases, quad, id_swap):
+        x_db = self.dense_db(m)
+        x_db = self.scale_rbf(x_db * self.mlp_rbf(bases["rad"]), ref=x_db)
+        x_db = self.down_projection(x_db)[quad["triplet_in"]["in"]]
+        x_db = self.scale_cbf(x_db * self.mlp_cbf(bases["cir"]), ref=x_db)
+        x_db = x_db[quad["trip_in_to_quad"]]
+        x = self.mlp_sbf(bases["sph"], x_db, quad["out"], quad["out_agg"])
+        x = self.scale_sbf_sum(x, ref=x_db)
+        return _symmetric_output(self, x, id_swap)
+
+
+class PairInteraction(nn.Module):
+    """Atom-to-atom messages over the long-range a2a graph."""
+
+    def __init__(self, emb_size_atom, emb_size_pair_in, emb_size_pair_out, emb_size_rbf, activation=None, dropout=None):
+        super().__init__()
+        self.emb_size_pair_in = emb_size_pair_in
+        self.bilinear = Dense(emb_size_rbf * emb_size_pair_in, emb_size_pair_out, dropout=dropout)
+        self.scale_rbf_sum = ScaleFactor()
+        self.down_projection = Dense(emb_size_atom, emb_size_pair_in, activation=activation, dropout=dropout)
+        self.up_projection = Dense(emb_size_pair_out, emb_size_atom, activation=activation, dropout=dropout)
+
+    def forward(self, h, rad_basis, edge_index, target_inner):
+        """rad_basis (n_atoms, emb_rbf, Kmax) from :meth:`BasisEmbedding.pad_radial_by_atom`."""
+        num_atoms = h.shape[0]
+        x_ba = self.down_projection(h)[edge_index[0]]
+        padded = x_ba.new_zeros(num_atoms, padded_max(target_inner), self.emb_size_pair_in)
+        padded[edge_index[1], target_inner] = x_ba
+        out = self.bilinear((rad_basis @ padded).reshape(num_atoms, -1))
+        out = self.scale_rbf_sum(out, ref=x_ba)
+        return self.up_projection(out)
+
+
+def _mlp(units_in, units, n_hidden, activation, dropout) -> nn.ModuleList:
+    layers = [Dense(units_in, units, activation=activation, dropout=dropout)] if units_in != units else []
+    layers += [ResidualLayer(units, activation=activation, dropout=dropout) for _ in range(n_hidden)]
+    return nn.ModuleList(layers)
+
+
+def _run(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+class AtomUpdateBlock(nn.Module):
+    """Aggregate edge embeddings (weighted by a radial basis) onto their target atoms."""
+
+    def __init__(self, emb_size_atom, emb_size_edge, emb_size_rbf, n_hidden, activation=None, dropout=None):
+        super().__init__()
+        self.dense_rbf = Dense(emb_size_rbf, emb_size_edge, dropout=dropout)
+        self.scale_sum = ScaleFactor()
+        self.layers = _mlp(emb_size_edge, emb_size_atom, n_hidden, activation, dropout)
+
+    def aggregate(self, m, basis_rad, idx_atom, num_atoms):
+        """sum over edges into target atoms, (n_atoms, emb_size_edge), scaled."""
+        return scatter_sum(m * self.dense_rbf(basis_rad), idx_atom, num_atoms)
+
+    def forward(self, h, m, basis_rad, idx_atom):
+        x = self.aggregate(m, basis_rad, idx_atom, h.shape[0])
+        return _run(self.layers, self.scale_sum(x, ref=m))
+
+
+class OutputBlock(AtomUpdateBlock):
+    """Per-block atom (energy) and edge (force) outputs."""
+
+    def __init__(self, emb_size_atom, emb_size_edge, emb_size_rbf, n_hidden, n_hidden_afteratom,
+                 activation=None, edge_dropout=None, dropout=None):
+        super().__init__(emb_size_atom, emb_size_edge, emb_size_rbf, n_hidden, activation, dropout)
+        self.edge_dropout = edge_dropout
+        self.seq_energy_pre = self.layers
+        self.seq_energy2 = (
+            _mlp(emb_size_atom, emb_size_atom, n_hidden_afteratom, activation, dropout) if n_hidden_afteratom >= 1 else None
+        )
+        self.scale_rbf_F = ScaleFactor()
+        self.seq_forces = _mlp(emb_size_edge, emb_size_edge, n_hidden, activation, dropout)
+        self.dense_rbf_F = Dense(emb_size_rbf, emb_size_edge, dropout=dropout)
+
+    def forward(self, h, m, basis_rad, idx_atom):
+        """-> x_E (n_atoms, emb_size_atom), x_F (n_edges, emb_size_edge)."""
+        x_e = self.aggregate(m, basis_rad, idx_atom, h.shape[0])
+        if self.training and self.edge_dropout:
+            x_e = x_e / (1 - self.edge_dropout)
+        x_e = _run(self.seq_energy_pre, self.scale_sum(x_e, ref=m))
+        if self.seq_energy2 is not None:
+            x_e = _run(self.seq_energy2, (x_e + h) * INV_SQRT_2)
+        x_f = _run(self.seq_forces, m)
+        x_f = self.scale_rbf_F(x_f * self.dense_rbf_F(basis_rad), ref=x_f)
+        return x_e, x_f
+
+
+class InteractionBlock(nn.Module):
+    """One GemNet-OC interaction: edge-to-edge (triplet, quadruplet, atom-to-edge) and
+    atom updates (edge-to-atom, atom-to-atom), then residual mixing."""
+
+    def __init__(self, c):
+        super().__init__()
+        act, do = c.activation, c.dropout
+        self.dense_ca = Dense(c.emb_size_edge, c.emb_size_edge, activation=act, dropout=do)
+        trip = dict(emb_size_trip_in=c.emb_size_trip_in, emb_size_trip_out=c.emb_size_trip_out,
+                    emb_size_rbf=c.emb_size_rbf, emb_size_cbf=c.emb_size_cbf, activation=act, dropout=do)
+        self.trip_interaction = TripletInteraction(c.emb_size_edge, c.emb_size_edge, **trip)
+        self.quad_interaction = QuadrupletInteraction(
+            c.emb_size_edge, c.emb_size_quad_in, c.emb_size_quad_out, c.emb_size_rbf, c.emb_size_cbf,
+            c.emb_size_sbf, activation=act, dropout=do,
+        )
+        self.atom_edge_interaction = TripletInteraction(c.emb_size_atom, c.emb_size_edge, **trip)
+        self.edge_atom_interaction = TripletInteraction(
+            c.emb_size_edge, c.emb_size_atom, symmetric_mp=False, swap_output=False, **trip
+        )
+        self.atom_interaction = PairInteraction(
+            c.emb_size_atom, c.emb_size_aint_in, c.emb_size_aint_out, c.emb_size_rbf, activation=act, dropout=do
+        )
+        self.layers_before_skip = nn.ModuleList(
+            [ResidualLayer(c.emb_size_edge, activation=act, dropout=do) for _ in range(c.num_before_skip)]
+        )
+        self.layers_after_skip = nn.ModuleList(
+            [ResidualLayer(c.emb_size_edge, activation=act, dropout=do) for _ in range(c.num_after_skip)]
+        )
+        self.atom_emb_layers = nn.ModuleList(
+            [ResidualLayer(c.emb_size_atom, activation=act, dropout=do) for _ in range(c.num_atom_emb_layers)]
+        )
+        self.atom_update = AtomUpdateBlock(c.emb_size_atom, c.emb_size_edge, c.emb_size_rbf, c.num_atom, act, do)
+        self.concat_layer = EdgeEmbedding(c.emb_size_atom, c.emb_size_edge, c.emb_size_edge, activation=act, dropout=do)
+        self.residual_m = nn.ModuleList(
+            [ResidualLayer(c.emb_size_edge, activation=act, dropout=do) for _ in range(c.num_concat)]
+        )
+
+    def forward(self, h, m, bases: dict, idx: dict):
+        """h (n_atoms, emb_size_atom), m (n_edges, emb_size_edge) -> updated (h, m)."""
+        num_atoms = h.shape[0]
+        id_swap = idx["id_swap"]
+        aea_index = idx["a2ee2a_edge_index"]
+        x_skip = self.dense_ca(m)
+        x_e2e = self.trip_interaction(m, bases["e2e"], idx["trip_e2e"], id_swap)
+        x_qint = self.quad_interaction(m, bases["qint"], idx["quad"], id_swap)
+        x_a2e = self.atom_edge_interaction(h, bases["a2e"], idx["trip_a2e"], id_swap, expand_idx=aea_index[0])
+        h_e2a = self.edge_atom_interaction(
+            m, bases["e2a"], idx["trip_e2a"], id_swap,
+            idx_agg2=aea_index[1], idx_agg2_inner=idx["a2ee2a_target_inner"], agg2_out_size=num_atoms,
+        )
+        h_a2a = self.atom_interaction(h, bases["a2a_rad"], idx["a2a_edge_index"], idx["a2a_target_inner"])
+
+        x = (x_skip + x_e2e + x_qint + x_a2e) * (1.0 / math.sqrt(4.0))
+        h = (h + h_e2a + h_a2a) * (1.0 / math.sqrt(3.0))
+        x = _run(self.layers_before_skip, x)
+        m = _run(self.layers_after_skip, (m + x) * INV_SQRT_2)
+        h = _run(self.atom_emb_layers, h)
+        h = (h + self.atom_update(h, m, bases["atom_update"], idx["main_edge_index"][1])) * INV_SQRT_2
+        m2 = _run(self.residual_m, self.concat_layer(h, m, idx["main_edge_index"]))
+        return h, (m + m2) * INV_SQRT_2

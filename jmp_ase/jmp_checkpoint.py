@@ -1,0 +1,690 @@
+"""Read original JMP checkpoints without the original JMP package.
+
+JMP's published files (``jmp-s.pt``, ``jmp-l.pt``) are PyTorch Lightning
+checkpoints.  Besides the tensors they pickle JMP's own configuration classes
+(``jmp.tasks.pretrain.module.PretrainConfig`` and friends) in
+``hyper_parameters``.  ``torch.load(weights_only=True)`` therefore refuses
+them, and a plain ``torch.load`` needs the original package importable and
+runs whatever the pickle asks for.
+
+This module reads such files with a restricted unpickler:
+
+* the few globals that tensors and plain containers need (torch's tensor
+  rebuild helpers, dtypes, ``torch.Size``, ``collections.OrderedDict``,
+  builtin containers, numpy arrays/scalars, ``_codecs.encode``) resolve to the
+  real objects;
+* every other class resolves to an inert :class:`ForeignObject` subclass that
+  only records what the pickle hands it (constructor arguments, state,
+  items) and never imports or runs foreign code;
+* a global that is a function (or any other non-class object) in an already
+  loaded standard-library, torch or numpy module, and is not on the
+  allow-list -- ``os.system``, ``builtins.eval``, ``torch.load`` ... -- makes
+  the load fail with :class:`UnsafeCheckpointError`.  Globals of modules that
+  are not loaded cannot be inspected without importing them; they become
+  placeholders too, which is safe because a placeholder never calls anything.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import re
+import sys
+import types
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from .config import BackboneConfig
+
+__all__ = [
+    "ForeignObject",
+    "JMPCheckpoint",
+    "UnsafeCheckpointError",
+    "ema_keys",
+    "infer_backbone_config",
+    "read_jmp_checkpoint",
+    "safe_load",
+]
+
+
+class UnsafeCheckpointError(ValueError):
+    """The pickle asks for a callable that the restricted reader refuses to run."""
+
+
+# --------------------------------------------------------------------------
+# Placeholders for foreign classes
+# --------------------------------------------------------------------------
+class ForeignObject:
+    """Inert stand-in for an object of a class the reader does not trust.
+
+    Subclasses are created on the fly, one per pickled ``module.qualname``;
+    the original names are in ``foreign_module`` / ``foreign_name``.
+    Whatever the pickle passes is recorded and nothing else happens:
+
+    * ``foreign_args`` / ``foreign_kwargs``: constructor arguments,
+    * ``foreign_state``: the object passed to ``__setstate__`` (``BUILD``),
+    * ``foreign_items``: ``(key, value)`` pairs set with ``obj[key] = value``
+      (dict subclasses), ``foreign_list``: appended items (list subclasses).
+    """
+
+    foreign_module: str = ""
+    foreign_name: str = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "ForeignObject":
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "foreign_args", args)
+        object.__setattr__(obj, "foreign_kwargs", kwargs)
+        object.__setattr__(obj, "foreign_state", None)
+        object.__setattr__(obj, "foreign_items", [])
+        object.__setattr__(obj, "foreign_list", [])
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # arguments already recorded
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        object.__setattr__(self, "foreign_state", state)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.foreign_items.append((key, value))
+
+    def append(self, value: Any) -> None:
+        self.foreign_list.append(value)
+
+    def extend(self, values: Iterable[Any]) -> None:
+        self.foreign_list.extend(values)
+
+    def fields(self) -> dict[str, Any]:
+        """Best-effort mapping of the recorded attributes (``{}`` if none).
+
+        Understands plain ``__dict__`` states, ``(state, slotstate)`` pairs,
+        pydantic-style ``{"__dict__": {...}, ...}`` states and dict subclasses.
+        """
+        out: dict[str, Any] = {}
+        state = self.foreign_state
+        if isinstance(state, tuple) and len(state) == 2:
+            for part in state:
+                if isinstance(part, dict):
+                    out.update(part)
+        elif isinstance(state, dict):
+            inner = state.get("__dict__")
+            out.update(inner if isinstance(inner, dict) else state)
+        for key, value in self.foreign_items:
+            if isinstance(key, str):
+                out.setdefault(key, value)
+        out.update({k: v for k, v in self.foreign_kwargs.items()})
+        return out
+
+    def __repr__(self) -> str:
+        return f"<ForeignObject {self.foreign_module}.{self.foreign_name}>"
+
+
+_PLACEHOLDERS: dict[tuple[str, str], type] = {}
+
+
+def _placeholder(module: str, name: str) -> type:
+    key = (module, name)
+    cls = _PLACEHOLDERS.get(key)
+    if cls is None:
+        cls = type(
+            "Foreign_" + re.sub(r"\W", "_", name),
+            (ForeignObject,),
+            {"foreign_module": module, "foreign_name": name, "__module__": __name__},
+        )
+        _PLACEHOLDERS[key] = cls
+    return cls
+
+
+# --------------------------------------------------------------------------
+# Allow-list
+# --------------------------------------------------------------------------
+def _checked_rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    """``torch._tensor._rebuild_from_type_v2`` restricted to plain tensor types."""
+    if new_type not in (torch.Tensor, torch.nn.Parameter):
+        raise UnsafeCheckpointError(f"tensor subclass {new_type!r} is not allowed")
+    from torch._tensor import _rebuild_from_type_v2
+
+    return _rebuild_from_type_v2(func, new_type, args, state)
+
+
+def _checked_reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    """``copyreg._reconstructor`` (pickle protocols 0/1) for placeholders only."""
+    if isinstance(cls, type) and issubclass(cls, ForeignObject):
+        obj = cls()
+        if state is not None:
+            obj.foreign_args = (state,)
+        return obj
+    raise UnsafeCheckpointError(f"copyreg._reconstructor for {cls!r} is not allowed")
+
+
+_BUILTIN_TYPES = (
+    "dict", "list", "tuple", "set", "frozenset", "int", "float", "complex",
+    "bool", "str", "bytes", "bytearray", "slice", "range",
+)
+_TORCH_UTILS_REBUILD = (
+    "_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3",
+    "_rebuild_parameter", "_rebuild_parameter_with_state",
+    "_rebuild_device_tensor_from_numpy", "_rebuild_device_tensor_from_cpu_tensor",
+    "_rebuild_meta_tensor_no_storage",
+)
+
+_ALLOWED: dict[tuple[str, str], Any] | None = None
+
+
+def _allowed() -> dict[tuple[str, str], Any]:
+    global _ALLOWED
+    if _ALLOWED is not None:
+        return _ALLOWED
+    import builtins
+    import codecs
+
+    import torch._utils
+    import torch.serialization
+
+    table: dict[tuple[str, str], Any] = {}
+    for name in _BUILTIN_TYPES:
+        table[("builtins", name)] = getattr(builtins, name)
+        table[("__builtin__", name)] = getattr(builtins, name)
+    table[("collections", "OrderedDict")] = collections.OrderedDict
+    table[("_codecs", "encode")] = codecs.encode
+    table[("copyreg", "_reconstructor")] = _checked_reconstructor
+    for name in _TORCH_UTILS_REBUILD:
+        if hasattr(torch._utils, name):
+            table[("torch._utils", name)] = getattr(torch._utils, name)
+    table[("torch._tensor", "_rebuild_from_type_v2")] = _checked_rebuild_from_type_v2
+    table[("torch.serialization", "_get_layout")] = torch.serialization._get_layout
+    table[("torch", "Size")] = torch.Size
+    table[("torch", "device")] = torch.device
+    table[("torch", "Tensor")] = torch.Tensor
+    table[("torch.nn.parameter", "Parameter")] = torch.nn.Parameter
+    for name, value in vars(torch).items():
+        if isinstance(value, (torch.dtype, torch.layout, torch.memory_format)):
+            table[("torch", name)] = value
+        elif name.endswith("Storage") and isinstance(value, type):
+            table[("torch", name)] = value
+    table[("torch.storage", "UntypedStorage")] = torch.UntypedStorage
+    table[("torch.storage", "TypedStorage")] = torch.TypedStorage
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        np = None
+    if np is not None:
+        multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+        for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            table[(mod, "_reconstruct")] = multiarray._reconstruct
+            table[(mod, "scalar")] = multiarray.scalar
+        table[("numpy", "ndarray")] = np.ndarray
+        table[("numpy", "dtype")] = np.dtype
+        dtypes = getattr(np, "dtypes", None)
+        if dtypes is not None:
+            for name, value in vars(dtypes).items():
+                if isinstance(value, type) and issubclass(value, np.dtype):
+                    table[("numpy.dtypes", name)] = value
+    _ALLOWED = table
+    return table
+
+
+def _inspectable(module: str) -> types.ModuleType | None:
+    """The loaded module object if it is trusted enough to look into, else None.
+
+    Only standard-library, torch and numpy modules that are already imported
+    qualify: looking into them runs no foreign code.
+    """
+    top = module.split(".", 1)[0]
+    if top not in sys.stdlib_module_names and top not in ("torch", "numpy", "__builtin__"):
+        return None
+    if top == "__builtin__":
+        module = "builtins"
+    return sys.modules.get(module)
+
+
+def _static_lookup(mod: types.ModuleType, qualname: str) -> tuple[bool, Any]:
+    """Look up a dotted name through ``__dict__`` only (no ``__getattr__`` hooks)."""
+    obj: Any = mod
+    for part in qualname.split("."):
+        namespace = getattr(obj, "__dict__", None)
+        if not isinstance(namespace, Mapping) or part not in namespace:
+            return False, None
+        obj = namespace[part]
+    return True, obj
+
+
+def _resolve_global(module: str, name: str) -> Any:
+    table = _allowed()
+    hit = table.get((module, name))
+    if hit is not None:
+        return hit
+    mod = _inspectable(module)
+    if mod is not None:
+        found, obj = _static_lookup(mod, name)
+        if found and not isinstance(obj, type):
+            raise UnsafeCheckpointError(
+                f"the pickle references {module}.{name}, which is not a class and not on the "
+                "allow-list of tensor rebuild functions; refusing to load"
+            )
+    return _placeholder(module, name)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves globals through the allow-list (see module doc)."""
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+        return _resolve_global(module, name)
+
+
+def _restricted_load(file: Any, **kwargs: Any) -> Any:
+    return RestrictedUnpickler(file, **kwargs).load()
+
+
+def _restricted_loads(data: bytes, **kwargs: Any) -> Any:
+    import io
+
+    return RestrictedUnpickler(io.BytesIO(data), **kwargs).load()
+
+
+#: A module-like object to pass as ``torch.load(..., pickle_module=...)``.
+restricted_pickle = types.ModuleType("jmp_ase.restricted_pickle")
+restricted_pickle.Unpickler = RestrictedUnpickler  # type: ignore[attr-defined]
+restricted_pickle.load = _restricted_load  # type: ignore[attr-defined]
+restricted_pickle.loads = _restricted_loads  # type: ignore[attr-defined]
+restricted_pickle.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
+
+
+def safe_load(path: str | os.PathLike) -> Any:
+    """``torch.load`` a (possibly foreign) checkpoint onto the CPU without running foreign code.
+
+    Tensors come back as tensors, plain containers as themselves, everything
+    else as :class:`ForeignObject` placeholders.  Raises ``FileNotFoundError``
+    for a missing file, :class:`UnsafeCheckpointError` for a pickle that
+    references a refused callable and ``ValueError`` (naming the path) for a
+    file that is not a PyTorch checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    use_mmap = zipfile.is_zipfile(path)
+    try:
+        try:
+            return torch.load(
+                path, map_location="cpu", weights_only=False,
+                pickle_module=restricted_pickle, mmap=use_mmap,
+            )
+        except RuntimeError:
+            if not use_mmap:
+                raise
+            # mmap needs an aligned zip layout; read the file into memory instead.
+            return torch.load(
+                path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle,
+            )
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(f"{path}: {err}") from None
+    except Exception as err:  # torch/pickle/zip report a broken file in many ways
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint (torch zip or pickle file): "
+            f"{type(err).__name__}: {err}"
+        ) from err
+
+
+# --------------------------------------------------------------------------
+# Checkpoint layout
+# --------------------------------------------------------------------------
+@dataclass
+class JMPCheckpoint:
+    """Tensors of an original JMP checkpoint, split by role (all on the CPU).
+
+    Attributes
+    ----------
+    atom_embedding:
+        ``(num_elements, emb_size_atom)``; row ``Z - 1`` embeds element ``Z``.
+    backbone:
+        GemNet-OC state dict, keys without the ``"backbone."`` prefix
+        (includes the ``scale_factor`` and ``rbf`` buffers).  In JMP,
+        ``out_blocks.N.seq_energy_pre`` is an alias of ``out_blocks.N.layers``;
+        both key sets are kept as the file has them.  They are equal for raw
+        weights, but with ``ema=True`` only ``layers.*`` take the EMA values;
+        ``torch.nn.Module.load_state_dict`` on JMP's module (alias registered
+        last) then leaves the raw ``seq_energy_pre.*`` values in effect.
+    energy_heads:
+        One dict per pre-training task with keys ``"0.weight"`` ``(d, d)``,
+        ``"0.bias"`` ``(d,)``, ``"2.weight"`` ``(1, d)``; ``d = emb_size_atom``.
+    force_heads:
+        Same layout with ``d = emb_size_edge``.
+    task_names:
+        Task name of each head (in head order) when the file says so, else None.
+    source:
+        Path the checkpoint was read from.
+    ema:
+        Whether the EMA weights replaced the raw training weights.
+    """
+
+    atom_embedding: torch.Tensor
+    backbone: dict[str, torch.Tensor]
+    energy_heads: list[dict[str, torch.Tensor]]
+    force_heads: list[dict[str, torch.Tensor]]
+    task_names: list[str] | None
+    source: str
+    ema: bool
+
+    @property
+    def num_tasks(self) -> int:
+        """Number of pre-training heads (energy/force pairs)."""
+        return len(self.energy_heads)
+
+    def backbone_config(self) -> BackboneConfig:
+        """Backbone sizes inferred from the tensor shapes (see :func:`infer_backbone_config`)."""
+        return infer_backbone_config(self.backbone, self.atom_embedding)
+
+
+_EMA_SKIP_SUFFIXES = ("rbf.offset", "rbf.temps", "scale_factor")
+
+
+def ema_keys(state_dict_keys: Iterable[str]) -> list[str]:
+    """Keys that JMP's EMA tuple lists, in order.
+
+    Every key except those ending in ``rbf.offset``, ``rbf.temps`` or
+    ``scale_factor``, containing ``.seq_energy_pre.`` (an alias of
+    ``layers``) or starting with ``task_steps`` (metric state).
+    """
+    return [
+        k for k in state_dict_keys
+        if not k.endswith(_EMA_SKIP_SUFFIXES)
+        and ".seq_energy_pre." not in k
+        and not k.startswith("task_steps")
+    ]
+
+
+def _find_ema(checkpoint: Mapping[str, Any]) -> Any:
+    states = checkpoint.get("optimizer_states")
+    if isinstance(states, (list, tuple)):
+        for state in states:
+            if isinstance(state, Mapping) and state.get("ema") is not None:
+                return state["ema"]
+    return None
+
+
+def _apply_ema(state_dict: dict[str, torch.Tensor], ema: Any, path: str) -> dict[str, torch.Tensor]:
+    if not isinstance(ema, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in ema):
+        raise ValueError(f"{path}: optimizer_states[...]['ema'] is not a sequence of tensors")
+    keys = ema_keys(state_dict)
+    if len(keys) != len(ema):
+        raise ValueError(
+            f"{path}: the EMA holds {len(ema)} tensors but the state dict has {len(keys)} "
+            "EMA-tracked keys (all but rbf.offset/rbf.temps/scale_factor/.seq_energy_pre./"
+            "task_steps); the file does not follow JMP's EMA layout"
+        )
+    out = dict(state_dict)
+    for key, tensor in zip(keys, ema):
+        if tuple(tensor.shape) != tuple(state_dict[key].shape):
+            raise ValueError(
+                f"{path}: EMA tensor for {key!r} has shape {tuple(tensor.shape)}, the state dict "
+                f"has {tuple(state_dict[key].shape)}; the EMA order does not match"
+            )
+        out[key] = tensor
+    return out
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and any(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def _as_fields(obj: Any) -> Mapping[str, Any] | None:
+    if isinstance(obj, ForeignObject):
+        return obj.fields()
+    if isinstance(obj, Mapping):
+        return obj
+    return None
+
+
+def _task_names_from_hparams(hparams: Any) -> list[str] | None:
+    """Search the recorded hyper-parameters for a ``tasks`` list with names."""
+    seen: set[int] = set()
+    queue: collections.deque[tuple[Any, int]] = collections.deque([(hparams, 0)])
+    while queue:
+        obj, depth = queue.popleft()
+        if id(obj) in seen or depth > 12:
+            continue
+        seen.add(id(obj))
+        fields = _as_fields(obj)
+        if fields is not None:
+            tasks = fields.get("tasks")
+            if isinstance(tasks, (list, tuple)) and tasks:
+                names = []
+                for task in tasks:
+                    task_fields = _as_fields(task)
+                    name = task_fields.get("name") if task_fields is not None else None
+                    if not isinstance(name, str):
+                        break
+                    names.append(name)
+                else:
+                    return names
+            children: Iterable[Any] = list(fields.values())
+        elif isinstance(obj, (list, tuple)):
+            children = obj
+        else:
+            continue
+        queue.extend((child, depth + 1) for child in children)
+    return None
+
+
+_TASK_STEPS = re.compile(r"^task_steps\.(?:_module_dict\.)?(?:_typed_moduledict_)?([^.]+)\.")
+
+
+def _task_names_from_state_dict(keys: Iterable[str]) -> list[str] | None:
+    names: list[str] = []
+    for key in keys:
+        match = _TASK_STEPS.match(key)
+        if match and match.group(1) not in names:
+            names.append(match.group(1))
+    return names or None
+
+
+def _heads(state_dict: Mapping[str, torch.Tensor], prefix: str) -> list[dict[str, torch.Tensor]]:
+    by_index: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        if not key.startswith(prefix):
+            continue
+        index, _, rest = key[len(prefix):].partition(".")
+        if not index.isdigit() or not rest:
+            continue
+        by_index.setdefault(int(index), {})[rest] = value
+    if sorted(by_index) != list(range(len(by_index))):
+        raise ValueError(f"head indices under {prefix!r} are not 0..n-1: {sorted(by_index)}")
+    return [by_index[i] for i in range(len(by_index))]
+
+
+def read_jmp_checkpoint(path: str | os.PathLike, ema: bool = False) -> JMPCheckpoint:
+    """Read an original JMP checkpoint (or a bare JMP state dict) safely.
+
+    ``path`` may hold a Lightning checkpoint (``{"state_dict": ..., ...}``)
+    or directly a state dict with ``embedding.*``, ``backbone.*`` and
+    optionally ``output.*`` keys.  With ``ema=True`` the exponential moving
+    average weights stored in ``optimizer_states[0]["ema"]`` replace the
+    tracked tensors (see :func:`ema_keys`); buffers such as ``scale_factor``
+    keep their state-dict values.  No foreign code is imported or run (see
+    :func:`safe_load`).
+    """
+    source = str(path)
+    raw = safe_load(path)
+    if isinstance(raw, Mapping) and _is_state_dict(raw.get("state_dict")):
+        checkpoint: Mapping[str, Any] = raw
+        state_dict = dict(raw["state_dict"])
+    elif _is_state_dict(raw):
+        checkpoint = {}
+        state_dict = dict(raw)
+    else:
+        raise ValueError(
+            f"{source}: neither a Lightning checkpoint with a 'state_dict' nor a bare state dict "
+            f"(top level is {type(raw).__name__})"
+        )
+    state_dict = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+
+    if not any(k.startswith("backbone.") for k in state_dict):
+        raise ValueError(
+            f"{source}: no 'backbone.*' keys in the state dict; not a JMP GemNet-OC checkpoint "
+            f"(first keys: {list(state_dict)[:5]})"
+        )
+    if "embedding.atom_embedding.weight" not in state_dict:
+        raise ValueError(f"{source}: missing 'embedding.atom_embedding.weight'")
+
+    if ema:
+        ema_tensors = _find_ema(checkpoint)
+        if ema_tensors is None:
+            raise ValueError(
+                f"{source}: ema=True but the file holds no EMA weights "
+                "(no optimizer_states[...]['ema']); use ema=False"
+            )
+        state_dict = _apply_ema(state_dict, ema_tensors, source)
+
+    def own(t: torch.Tensor) -> torch.Tensor:
+        # detach from the (possibly memory-mapped) file and from autograd
+        return t.detach().clone()
+
+    backbone = {k[len("backbone."):]: own(v) for k, v in state_dict.items() if k.startswith("backbone.")}
+    energy_heads = [{k: own(v) for k, v in h.items()} for h in _heads(state_dict, "output.out_energy.")]
+    force_heads = [{k: own(v) for k, v in h.items()} for h in _heads(state_dict, "output.out_forces.")]
+
+    task_names: list[str] | None = None
+    try:
+        task_names = _task_names_from_hparams(checkpoint.get("hyper_parameters"))
+        if task_names is None or len(task_names) != len(energy_heads):
+            task_names = _task_names_from_state_dict(state_dict)
+    except Exception:  # hyper-parameters are informative only; never fail on them
+        task_names = None
+    if task_names is not None and len(task_names) != len(energy_heads):
+        task_names = None
+
+    return JMPCheckpoint(
+        atom_embedding=own(state_dict["embedding.atom_embedding.weight"]),
+        backbone=backbone,
+        energy_heads=energy_heads,
+        force_heads=force_heads,
+        task_names=task_names,
+        source=source,
+        ema=ema,
+    )
+
+
+# --------------------------------------------------------------------------
+# Backbone sizes from tensor shapes
+# --------------------------------------------------------------------------
+def _count(keys: Iterable[str], prefix: str, residual_only: bool = False) -> int:
+    """Number of distinct ``prefix.N`` sub-modules (optionally residual layers only)."""
+    found: set[int] = set()
+    for key in keys:
+        if not key.startswith(prefix + "."):
+            continue
+        index, _, rest = key[len(prefix) + 1:].partition(".")
+        if not index.isdigit():
+            continue
+        if residual_only and not rest.startswith("dense_mlp."):
+            continue
+        found.add(int(index))
+    return len(found)
+
+
+def infer_backbone_config(
+    backbone_state: Mapping[str, Any], atom_embedding: Any
+) -> BackboneConfig:
+    """Infer every size field of :class:`~jmp_ase.config.BackboneConfig` from shapes.
+
+    ``backbone_state`` maps GemNet-OC keys (with or without ``"backbone."``)
+    to tensors (meta tensors are fine); ``atom_embedding`` has shape
+    ``(num_elements, emb_size_atom)``.  Settings that leave no trace in the
+    shapes (cutoff, envelope, activation, qint tags) keep their defaults,
+    which are JMP's.  Raises ``ValueError`` when a required tensor is missing
+    or the shapes are inconsistent.
+    """
+    state = {
+        (k[len("backbone."):] if k.startswith("backbone.") else k): v
+        for k, v in backbone_state.items()
+    }
+    keys = list(state)
+
+    def shape(key: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(s) for s in state[key].shape)
+        except KeyError:
+            raise ValueError(
+                f"backbone state dict lacks {key!r}; jmp-ase supports only the full GemNet-OC "
+                "variant (quadruplet, atom-edge, edge-atom and atom-atom interactions)"
+            ) from None
+
+    num_elements, emb_size_atom = (int(s) for s in tuple(atom_embedding.shape))
+    num_radial = shape("bases.radial_basis.rbf.offset")[0]
+    emb_size_edge = shape("bases.edge_emb.dense.linear.weight")[0]
+    _, num_spherical, emb_size_cbf = shape("bases.mlp_cbf_tint.weight")
+    sbf_radial, sbf_spherical, emb_size_sbf = shape("bases.mlp_sbf_qint.weight")
+    emb_size_rbf = shape("bases.mlp_rbf_tint.linear.weight")[0]
+
+    num_blocks = _count(keys, "int_blocks")
+    if num_blocks == 0:
+        raise ValueError("backbone state dict has no 'int_blocks.N' entries")
+    num_out_blocks = _count(keys, "out_blocks")
+    if num_out_blocks != num_blocks + 1:
+        raise ValueError(
+            f"{num_blocks} interaction blocks need {num_blocks + 1} output blocks, found {num_out_blocks}"
+        )
+    blk = "int_blocks.0."
+    config = BackboneConfig(
+        num_spherical=num_spherical,
+        num_radial=num_radial,
+        num_blocks=num_blocks,
+        emb_size_atom=emb_size_atom,
+        emb_size_edge=emb_size_edge,
+        emb_size_trip_in=shape(blk + "trip_interaction.down_projection.linear.weight")[0],
+        emb_size_trip_out=shape(blk + "trip_interaction.up_projection_ca.linear.weight")[1],
+        emb_size_quad_in=shape(blk + "quad_interaction.down_projection.linear.weight")[0],
+        emb_size_quad_out=shape(blk + "quad_interaction.up_projection_ca.linear.weight")[1],
+        emb_size_aint_in=shape(blk + "atom_interaction.down_projection.linear.weight")[0],
+        emb_size_aint_out=shape(blk + "atom_interaction.up_projection.linear.weight")[1],
+        emb_size_rbf=emb_size_rbf,
+        emb_size_cbf=emb_size_cbf,
+        emb_size_sbf=emb_size_sbf,
+        num_before_skip=_count(keys, blk + "layers_before_skip"),
+        num_after_skip=_count(keys, blk + "layers_after_skip"),
+        num_concat=_count(keys, blk + "residual_m"),
+        num_atom=_count(keys, blk + "atom_update.layers", residual_only=True),
+        num_output_afteratom=_count(keys, "out_blocks.0.seq_energy2"),
+        num_atom_emb_layers=_count(keys, blk + "atom_emb_layers"),
+        num_global_out_layers=_count(keys, "out_mlp_E.out_mlp", residual_only=True),
+        num_elements=num_elements,
+    )
+
+    # consistency checks: catch a layout this reader does not understand
+    problems = []
+    if sbf_radial != num_radial or sbf_spherical != num_spherical**2:
+        problems.append(
+            f"mlp_sbf_qint.weight {shape('bases.mlp_sbf_qint.weight')} does not match "
+            f"num_radial={num_radial}, num_spherical={num_spherical}"
+        )
+    edge_in = shape("bases.edge_emb.dense.linear.weight")[1]
+    if edge_in != 2 * emb_size_atom + num_radial:
+        problems.append(
+            f"edge embedding input size {edge_in} != 2 * emb_size_atom + num_radial "
+            f"= {2 * emb_size_atom + num_radial}"
+        )
+    if shape("out_mlp_E.out_mlp.0.linear.weight") != (emb_size_atom, emb_size_atom * (num_blocks + 1)):
+        problems.append("out_mlp_E.out_mlp.0 does not match emb_size_atom and num_blocks")
+    for i in range(1, num_blocks):
+        b = f"int_blocks.{i}."
+        counts = (
+            _count(keys, b + "layers_before_skip"), _count(keys, b + "layers_after_skip"),
+            _count(keys, b + "residual_m"), _count(keys, b + "atom_emb_layers"),
+            _count(keys, b + "atom_update.layers", residual_only=True),
+        )
+        expected = (config.num_before_skip, config.num_after_skip, config.num_concat,
+                    config.num_atom_emb_layers, config.num_atom)
+        if counts != expected:
+            problems.append(f"int_blocks.{i} has layer counts {counts}, int_blocks.0 has {expected}")
+    if problems:
+        raise ValueError("inconsistent GemNet-OC state dict: " + "; ".join(problems))
+    return config

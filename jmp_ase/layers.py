@@ -1,0 +1,202 @@
+"""Small building blocks of GemNet-OC: dense layers, residual layers, scale factors.
+
+Module and parameter names follow JMP's GemNet-OC so that original state dicts
+load with ``strict=True`` (e.g. ``Dense.linear.weight``, ``ResidualLayer.dense_mlp``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class ScaledSiLU(nn.Module):
+    """SiLU scaled by 1/0.6 so that a unit-variance input keeps roughly unit variance."""
+
+    scale = 1.0 / 0.6
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.silu(x) * self.scale
+
+
+def make_activation(name: str | None) -> nn.Module:
+    """Activation by JMP's name: ``scaled_silu`` (default of JMP), ``silu`` or ``None``."""
+    if name is None:
+        return nn.Identity()
+    key = name.lower()
+    if key in ("scaled_silu", "scaled_swish"):
+        return ScaledSiLU()
+    if key in ("silu", "swish"):
+        return nn.SiLU()
+    raise ValueError(f"unknown activation {name!r}; use 'scaled_silu' or 'silu'")
+
+
+def he_orthogonal_init_(weight: torch.Tensor) -> torch.Tensor:
+    """Orthogonal init, standardised per output unit and scaled by 1/sqrt(fan_in).
+
+    For a 3-D weight (num_radial, num_spherical, out) the fan-in is the product of
+    the first two dimensions, as in GemNet.
+    """
+    with torch.no_grad():
+        nn.init.orthogonal_(weight)
+        if weight.dim() == 3:
+            dims, fan_in = [0, 1], weight.shape[0] * weight.shape[1]
+        else:
+            dims, fan_in = [1], weight.shape[1]
+        var, mean = torch.var_mean(weight, dim=dims, unbiased=True, keepdim=True)
+        weight.copy_((weight - mean) / (var + 1e-6).sqrt() / math.sqrt(fan_in))
+    return weight
+
+
+class Dense(nn.Module):
+    """Linear layer (no bias by default) followed by an activation and optional dropout."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        activation: str | None = None,
+        dropout: float | None = None,
+    ):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        he_orthogonal_init_(self.linear.weight)
+        if bias:
+            nn.init.zeros_(self.linear.bias)
+        self.activation = make_activation(activation)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.activation(self.linear(x)))
+
+
+class ResidualLayer(nn.Module):
+    """``(x + MLP(x)) / sqrt(2)`` with ``n_layers`` bias-free dense layers."""
+
+    def __init__(self, units: int, n_layers: int = 2, activation: str | None = None, dropout: float | None = None):
+        super().__init__()
+        self.dense_mlp = nn.Sequential(
+            *[Dense(units, units, activation=activation, dropout=dropout) for _ in range(n_layers)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.dense_mlp(x)) * (1.0 / math.sqrt(2.0))
+
+
+class ScaleFactor(nn.Module):
+    """A fitted scalar that keeps activations near unit variance.
+
+    The buffer ``scale_factor`` is 0 until fitted; while it is 0 the layer is the
+    identity. :func:`jmp_ase.scaling.fit_scale_factors` fits it on real data.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale_factor", torch.tensor(0.0))
+        self.observer = None  # set while fitting: callable(x, ref)
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.scale_factor.item() != 0.0)
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer(x, ref)
+        if self.scale_factor.item() != 0.0:
+            x = x * self.scale_factor
+        return x
+
+
+def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+    """Sum rows of ``src`` (n, ...) into ``dim_size`` bins given by ``index`` (n,)."""
+    out = src.new_zeros((dim_size,) + tuple(src.shape[1:]))
+    return out.index_add_(0, index, src)
+
+
+def padded_max(inner: torch.Tensor) -> int:
+    """Number of slots needed for a ragged dimension described by inner ranks (0 if empty)."""
+    return int(inner.max().item()) + 1 if inner.numel() > 0 else 0
+
+
+class EdgeEmbedding(nn.Module):
+    """Edge features from ``[h_source, h_target, m]`` through one dense layer."""
+
+    def __init__(self, atom_features: int, edge_features: int, out_features: int, activation=None, dropout=None):
+        super().__init__()
+        self.dense = Dense(2 * atom_features + edge_features, out_features, activation=activation, dropout=dropout)
+
+    def forward(self, h: torch.Tensor, m: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """h (n_atoms, F_a), m (n_edges, F_e), edge_index (2, n_edges) -> (n_edges, out)."""
+        return self.dense(torch.cat([h[edge_index[0]], h[edge_index[1]], m], dim=-1))
+
+
+class BasisEmbedding(nn.Module):
+    """Radial (x angular) basis embedding with the "efficient" GemNet layout.
+
+    ``weight`` is (emb, num_radial) for a radial-only basis or
+    (num_radial, num_spherical, emb) for a radial x angular basis.
+    """
+
+    def __init__(self, num_radial: int, emb_size: int, num_spherical: int | None = None):
+        super().__init__()
+        self.num_spherical = num_spherical
+        shape = (emb_size, num_radial) if num_spherical is None else (num_radial, num_spherical, emb_size)
+        self.weight = nn.Parameter(torch.empty(shape))
+        he_orthogonal_init_(self.weight)
+
+    def radial(self, rad_basis: torch.Tensor, num_angular: int | None = None) -> torch.Tensor:
+        """rad_basis (n, num_radial) -> (n, emb) or (n, emb, num_angular)."""
+        if self.num_spherical is None:
+            return rad_basis @ self.weight.T
+        flat = rad_basis @ self.weight.reshape(self.weight.shape[0], -1)
+        return flat.reshape(rad_basis.shape[0], -1, num_angular)
+
+    def forward_gathered(self, rad_basis, sph_basis, idx_outer):
+        """Per-triplet contraction: (n_trip, emb) = W(rad)[idx_outer] @ sph (n_trip, num_sph)."""
+        rad_w = self.radial(rad_basis, sph_basis.shape[-1])[idx_outer]
+        return (rad_w @ sph_basis[:, :, None]).squeeze(-1)
+
+    def forward_padded(self, rad_basis, sph_basis, idx_sph_outer, idx_sph_inner):
+        """Returns (W(rad) (n_edges, emb, num_sph), sph padded (n_edges, num_sph, Kmax))."""
+        n_edges = rad_basis.shape[0]
+        rad_w = self.radial(rad_basis, sph_basis.shape[-1])
+        kmax = padded_max(idx_sph_inner)
+        sph = sph_basis.new_zeros(n_edges, kmax, sph_basis.shape[-1])
+        sph[idx_sph_outer, idx_sph_inner] = sph_basis
+        return rad_w, sph.transpose(1, 2)
+
+    def pad_radial_by_atom(self, rad_w: torch.Tensor, idx_outer, idx_inner, num_atoms: int) -> torch.Tensor:
+        """Arrange per-edge radial weights (n_edges, emb[, num_sph]) per target atom.
+
+        Returns (num_atoms, emb, Kmax * num_sph) (or Kmax for a radial-only basis).
+        """
+        kmax = padded_max(idx_inner)
+        padded = rad_w.new_zeros((num_atoms, kmax) + tuple(rad_w.shape[1:]))
+        padded[idx_outer, idx_inner] = rad_w
+        return padded.transpose(1, 2).reshape(num_atoms, rad_w.shape[1], -1)
+
+
+class EfficientInteractionBilinear(nn.Module):
+    """Bilinear interaction of basis and messages, aggregated per output edge (or atom)."""
+
+    def __init__(self, emb_size_in: int, emb_size_interm: int, emb_size_out: int, dropout=None):
+        super().__init__()
+        self.emb_size_in = emb_size_in
+        self.bilinear = Dense(emb_size_in * emb_size_interm, emb_size_out, dropout=dropout)
+
+    def forward(self, basis, m, idx_agg_outer, idx_agg_inner, idx_agg2_outer=None, idx_agg2_inner=None, agg2_out_size=None):
+        """basis = (rad_w (n_out, interm, S[*K2]), sph (n_edges, S, K)); m (n_trip, emb_in)."""
+        rad_w, sph = basis
+        n_edges = sph.shape[0]
+        m_padded = m.new_zeros(n_edges, sph.shape[2], self.emb_size_in)
+        m_padded[idx_agg_outer, idx_agg_inner] = m
+        sph_m = sph @ m_padded  # (n_edges, S, emb_in)
+        if idx_agg2_outer is not None:
+            kmax2 = padded_max(idx_agg2_inner)
+            sph_m_padded = sph_m.new_zeros(agg2_out_size, kmax2, sph_m.shape[1], sph_m.shape[2])
+            sph_m_padded[idx_agg2_outer, idx_agg2_inner] = sph_m
+            sph_m = sph_m_padded.reshape(agg2_out_size, -1, sph_m.shape[-1])
+        out = rad_w @ sph_m  # (n_out, interm, emb_in)
+        return self.bilinear(out.reshape(out.shape[0], -1))

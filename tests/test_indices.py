@@ -1,0 +1,617 @@
+"""Tests of jmp_ase.indices against slow, obvious brute-force enumerations."""
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from jmp_ase.indices import (
+    inner_index,
+    interaction_indices,
+    mixed_triplets,
+    quadruplets,
+    symmetrize_edges,
+    triplets,
+)
+
+SEEDS = list(range(6))
+
+
+# --------------------------------------------------------------------------
+# random graphs
+# --------------------------------------------------------------------------
+def _random_structure_edges(rng, n_atoms, n_edges, p_self=0.15):
+    """Distinct random edges (s, t, offset) of one structure.
+
+    Offsets in {-1, 0, 1}^3; includes self-image edges (s == t, nonzero
+    offset) and never the trivial self loop (s == t, offset 0).
+    """
+    offsets = [o for o in itertools.product((-1, 0, 1), repeat=3)]
+    edges = set()
+    tries = 0
+    while len(edges) < n_edges and tries < 50 * n_edges:
+        tries += 1
+        s = int(rng.integers(n_atoms))
+        if rng.random() < p_self:
+            t = s
+        else:
+            t = int(rng.integers(n_atoms))
+        o = offsets[int(rng.integers(len(offsets)))]
+        if s == t and o == (0, 0, 0):
+            continue
+        edges.add((s, t, o))
+        # often also add the counter edge, as a radius graph would
+        if rng.random() < 0.6:
+            edges.add((t, s, tuple(-x for x in o)))
+    return sorted(edges)
+
+
+def random_graph(rng, sizes, edges_per_structure):
+    """Several structures concatenated, edges shuffled.
+
+    Returns (edge_index (2, E) int64, cell_offset (E, 3) int64, num_atoms).
+    """
+    all_edges = []
+    shift = 0
+    for n, m in zip(sizes, edges_per_structure):
+        for s, t, o in _random_structure_edges(rng, n, m):
+            all_edges.append((s + shift, t + shift, o))
+        shift += n
+    perm = rng.permutation(len(all_edges))
+    all_edges = [all_edges[i] for i in perm]
+    if all_edges:
+        ei = torch.tensor([[e[0] for e in all_edges], [e[1] for e in all_edges]])
+        off = torch.tensor([e[2] for e in all_edges], dtype=torch.long)
+    else:
+        ei = torch.zeros(2, 0, dtype=torch.long)
+        off = torch.zeros(0, 3, dtype=torch.long)
+    return ei.long(), off, shift
+
+
+def empty_graph():
+    return torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, 3, dtype=torch.long)
+
+
+def _graph_case(seed):
+    rng = np.random.default_rng(seed)
+    n_struct = int(rng.integers(1, 4))
+    sizes = [int(rng.integers(1, 6)) for _ in range(n_struct)]
+    main = [int(rng.integers(0, 25)) for _ in sizes]
+    qint = [int(rng.integers(0, 12)) for _ in sizes]
+    ae = [int(rng.integers(0, 15)) for _ in sizes]
+    return rng, sizes, main, qint, ae
+
+
+def _tup(off_row):
+    return tuple(int(x) for x in off_row)
+
+
+def _edges_as_tuples(ei, off):
+    return [
+        (int(ei[0, k]), int(ei[1, k]), _tup(off[k])) for k in range(ei.shape[1])
+    ]
+
+
+def _check_inner(outer, inner):
+    """(outer, inner) pairs unique and dense 0..count-1 per outer value."""
+    outer = outer.tolist()
+    inner = inner.tolist()
+    assert len(outer) == len(inner)
+    pairs = list(zip(outer, inner))
+    assert len(set(pairs)) == len(pairs)
+    cnt = Counter(outer)
+    assert set(pairs) == {(o, k) for o, c in cnt.items() for k in range(c)}
+
+
+def _assert_int64_1d(x, n=None):
+    assert x.dtype == torch.long
+    assert x.dim() == 1
+    if n is not None:
+        assert x.numel() == n
+
+
+# --------------------------------------------------------------------------
+# brute force references
+# --------------------------------------------------------------------------
+def ref_inner(values):
+    seen = {}
+    out = []
+    for v in values:
+        out.append(seen.get(v, 0))
+        seen[v] = seen.get(v, 0) + 1
+    return out
+
+
+def _earlier(o):
+    return o[0] < 0 or (o[0] == 0 and o[1] < 0) or (o[0] == 0 and o[1] == 0 and o[2] < 0)
+
+
+def ref_symmetrize(edges):
+    out = Counter()
+    for s, t, o in edges:
+        if s < t or (s == t and _earlier(o)):
+            out[(s, t, o)] += 1
+            out[(t, s, tuple(-x for x in o))] += 1
+    return out
+
+
+def ref_triplets(ei):
+    E = ei.shape[1]
+    res = set()
+    for e_out in range(E):
+        for e_in in range(E):
+            if e_in != e_out and int(ei[1, e_in]) == int(ei[1, e_out]):
+                res.add((e_in, e_out))
+    return res
+
+
+def ref_mixed(ei_in, off_in, ei_out, off_out, to_outedge):
+    res = set()
+    for o in range(ei_out.shape[1]):
+        s_o, t_o = int(ei_out[0, o]), int(ei_out[1, o])
+        for i in range(ei_in.shape[1]):
+            s_i, t_i = int(ei_in[0, i]), int(ei_in[1, i])
+            if to_outedge:
+                if t_i != s_o:
+                    continue
+                back = s_i == t_o and all(
+                    int(off_out[o, k]) + int(off_in[i, k]) == 0 for k in range(3)
+                )
+            else:
+                if t_i != t_o:
+                    continue
+                back = s_i == s_o and all(
+                    int(off_out[o, k]) - int(off_in[i, k]) == 0 for k in range(3)
+                )
+            if not back:
+                res.add((i, o))
+    return res
+
+
+def ref_quadruplets(m_ei, m_off, q_ei, q_off):
+    """Set of (c->a main edge, b->a qint edge, d->b main edge)."""
+    res = set()
+    E, Q = m_ei.shape[1], q_ei.shape[1]
+    for ca in range(E):
+        c, a = int(m_ei[0, ca]), int(m_ei[1, ca])
+        for ba in range(Q):
+            b, a2 = int(q_ei[0, ba]), int(q_ei[1, ba])
+            if a2 != a:
+                continue
+            # triplet_out filter: c == b and o(c->a) - o(b->a) == 0
+            if c == b and all(int(m_off[ca, k]) - int(q_off[ba, k]) == 0 for k in range(3)):
+                continue
+            for db in range(E):
+                d, b2 = int(m_ei[0, db]), int(m_ei[1, db])
+                if b2 != b:
+                    continue
+                # triplet_in filter: d == a and o(b->a) + o(d->b) == 0
+                if d == a and all(
+                    int(q_off[ba, k]) + int(m_off[db, k]) == 0 for k in range(3)
+                ):
+                    continue
+                # quadruplet filter: c == d and o(d->b)+o(b->a)-o(c->a) == 0
+                if c == d and all(
+                    int(m_off[db, k]) + int(q_off[ba, k]) - int(m_off[ca, k]) == 0
+                    for k in range(3)
+                ):
+                    continue
+                res.add((ca, ba, db))
+    return res
+
+
+# --------------------------------------------------------------------------
+# inner_index
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", SEEDS)
+def test_inner_index_random(seed):
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(1, 10))
+    n = int(rng.integers(0, 60))
+    idx = torch.from_numpy(rng.integers(0, size, n)).long()
+    res = inner_index(idx, size)
+    _assert_int64_1d(res, n)
+    assert res.tolist() == ref_inner(idx.tolist())
+    _check_inner(idx, res)
+    # sorted input goes through a different (fast) path
+    idx_sorted = idx.sort().values
+    res_sorted = inner_index(idx_sorted, size)
+    assert res_sorted.tolist() == ref_inner(idx_sorted.tolist())
+
+
+def test_inner_index_examples_and_empty():
+    idx = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    assert inner_index(idx, 3).tolist() == [0, 1, 2, 0, 1, 2, 3, 0, 1]
+    idx = torch.tensor([2, 0, 2, 1, 0, 2])
+    assert inner_index(idx, 5).tolist() == [0, 0, 1, 0, 1, 2]
+    e = inner_index(torch.zeros(0, dtype=torch.long), 4)
+    assert e.shape == (0,) and e.dtype == torch.long
+    e = inner_index(torch.zeros(0, dtype=torch.long), 0)
+    assert e.shape == (0,)
+
+
+# --------------------------------------------------------------------------
+# symmetrize_edges
+# --------------------------------------------------------------------------
+def _check_symmetrized(ei_in, off_in, ei, off, id_swap):
+    E = ei.shape[1]
+    assert ei.shape == (2, E) and off.shape == (E, 3) and id_swap.shape == (E,)
+    assert ei.dtype == torch.long and id_swap.dtype == torch.long
+    assert E % 2 == 0
+    got = Counter(_edges_as_tuples(ei, off))
+    assert got == ref_symmetrize(_edges_as_tuples(ei_in, off_in))
+    # id_swap points to the reverse edge, is an involution, no fixed points
+    for e in range(E):
+        r = int(id_swap[e])
+        assert int(ei[0, r]) == int(ei[1, e]) and int(ei[1, r]) == int(ei[0, e])
+        assert torch.equal(off[r], -off[e])
+        assert r != e
+    assert torch.equal(id_swap[id_swap], torch.arange(E))
+    assert sorted(id_swap.tolist()) == list(range(E))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_symmetrize_random(seed):
+    rng, sizes, main, _, _ = _graph_case(seed)
+    ei_in, off_in, n = random_graph(rng, sizes, main)
+    ei, off, id_swap = symmetrize_edges(ei_in, off_in, n)
+    _check_symmetrized(ei_in, off_in, ei, off, id_swap)
+
+
+def test_symmetrize_symmetric_input_is_fixed_point():
+    rng = np.random.default_rng(123)
+    ei_in, off_in, n = random_graph(rng, [4, 3, 5], [20, 10, 25])
+    ei, off, _ = symmetrize_edges(ei_in, off_in, n)
+    # output is exactly symmetric; symmetrising again reproduces the same set
+    ei2, off2, id2 = symmetrize_edges(ei, off, n)
+    _check_symmetrized(ei, off, ei2, off2, id2)
+    assert Counter(_edges_as_tuples(ei, off)) == Counter(_edges_as_tuples(ei2, off2))
+
+
+def test_symmetrize_rule_details():
+    # 0->1 kept (+reverse gained), 2->1 (s > t) dropped although its reverse is
+    # missing, 3->3 with "earlier" offset kept, 3->3 with later offset dropped,
+    # 4->4 zero offset (trivial self-loop) dropped.
+    ei = torch.tensor([[0, 2, 3, 3, 4, 3], [1, 1, 3, 3, 4, 3]])
+    off = torch.tensor(
+        [[0, 0, 1], [1, 0, 0], [0, -1, 1], [0, 1, -1], [0, 0, 0], [0, 0, -1]]
+    )
+    e, o, sw = symmetrize_edges(ei, off, 5)
+    got = Counter(_edges_as_tuples(e, o))
+    assert got == Counter(
+        {
+            (0, 1, (0, 0, 1)): 1,
+            (1, 0, (0, 0, -1)): 1,
+            (3, 3, (0, -1, 1)): 1,
+            (3, 3, (0, 1, -1)): 1,
+            (3, 3, (0, 0, -1)): 1,
+            (3, 3, (0, 0, 1)): 1,
+        }
+    )
+    _check_symmetrized(ei, off, e, o, sw)
+
+
+def test_symmetrize_empty():
+    ei, off = empty_graph()
+    e, o, sw = symmetrize_edges(ei, off, 3)
+    assert e.shape == (2, 0) and o.shape == (0, 3) and sw.shape == (0,)
+    # only dropped edges -> empty as well
+    ei = torch.tensor([[1, 2], [0, 2]])
+    off = torch.tensor([[0, 0, 0], [0, 0, 0]])
+    e, o, sw = symmetrize_edges(ei, off, 3)
+    assert e.shape == (2, 0) and o.shape == (0, 3) and sw.shape == (0,)
+
+
+# --------------------------------------------------------------------------
+# triplets
+# --------------------------------------------------------------------------
+def _check_trip_result(res, n_out):
+    assert set(res.keys()) == {"in", "out", "out_agg"}
+    T = res["in"].numel()
+    for k in ("in", "out", "out_agg"):
+        _assert_int64_1d(res[k], T)
+    pairs = list(zip(res["in"].tolist(), res["out"].tolist()))
+    assert len(set(pairs)) == len(pairs)
+    if T:
+        assert int(res["out"].max()) < n_out
+    _check_inner(res["out"], res["out_agg"])
+    return set(pairs)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("sym", [False, True])
+def test_triplets_random(seed, sym):
+    rng, sizes, main, _, _ = _graph_case(seed)
+    ei, off, n = random_graph(rng, sizes, main)
+    if sym:
+        ei, off, _ = symmetrize_edges(ei, off, n)
+    res = triplets(ei, n)
+    assert _check_trip_result(res, ei.shape[1]) == ref_triplets(ei)
+
+
+def test_triplets_empty():
+    ei, _ = empty_graph()
+    res = triplets(ei, 4)
+    assert _check_trip_result(res, 0) == set()
+    assert res["in"].shape == (0,)
+    # edges but no triplets (every target has a single edge)
+    ei = torch.tensor([[0, 1], [1, 2]])
+    res = triplets(ei, 3)
+    assert _check_trip_result(res, 2) == set()
+    # zero atoms
+    res = triplets(torch.zeros(2, 0, dtype=torch.long), 0)
+    assert res["out"].shape == (0,)
+
+
+# --------------------------------------------------------------------------
+# mixed_triplets
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("to_outedge", [False, True])
+def test_mixed_triplets_random(seed, to_outedge):
+    rng, sizes, main, qint, _ = _graph_case(seed)
+    ei_a, off_a, n = random_graph(rng, sizes, main)
+    # second graph on the same atoms
+    ei_b, off_b, n_b = random_graph(rng, sizes, qint)
+    assert n == n_b
+    ei_a, off_a, _ = symmetrize_edges(ei_a, off_a, n)
+    for (gi, oi), (go, oo) in [
+        ((ei_a, off_a), (ei_b, off_b)),
+        ((ei_b, off_b), (ei_a, off_a)),
+        ((ei_a, off_a), (ei_a, off_a)),
+    ]:
+        res = mixed_triplets(gi, oi, go, oo, n, to_outedge=to_outedge)
+        got = _check_trip_result(res, go.shape[1])
+        assert got == ref_mixed(gi, oi, go, oo, to_outedge)
+
+
+def test_mixed_triplets_backforth_filter():
+    # in edge 0->1 with offset (1,0,0); out edge 1->0 with offset (-1,0,0):
+    # to_outedge=True would be the back-and-forth path 0->1->0 (same image).
+    ei_in = torch.tensor([[0], [1]])
+    off_in = torch.tensor([[1, 0, 0]])
+    ei_out = torch.tensor([[1, 1], [0, 0]])
+    off_out = torch.tensor([[-1, 0, 0], [0, 0, 0]])
+    res = mixed_triplets(ei_in, off_in, ei_out, off_out, 2, to_outedge=True)
+    assert set(zip(res["in"].tolist(), res["out"].tolist())) == {(0, 1)}
+    # to_outedge=False: in 0->1 and out 0->1 with identical offset is dropped
+    ei_out = torch.tensor([[0, 0], [1, 1]])
+    off_out = torch.tensor([[1, 0, 0], [0, 1, 0]])
+    res = mixed_triplets(ei_in, off_in, ei_out, off_out, 2, to_outedge=False)
+    assert set(zip(res["in"].tolist(), res["out"].tolist())) == {(0, 1)}
+
+
+@pytest.mark.parametrize("to_outedge", [False, True])
+def test_mixed_triplets_empty(to_outedge):
+    ei, off = empty_graph()
+    ei2 = torch.tensor([[0, 1], [1, 0]])
+    off2 = torch.zeros(2, 3, dtype=torch.long)
+    for a, b in [((ei, off), (ei, off)), ((ei, off), (ei2, off2)), ((ei2, off2), (ei, off))]:
+        res = mixed_triplets(a[0], a[1], b[0], b[1], 2, to_outedge=to_outedge)
+        assert _check_trip_result(res, b[0].shape[1]) == set()
+        assert res["in"].shape == (0,)
+
+
+# --------------------------------------------------------------------------
+# quadruplets
+# --------------------------------------------------------------------------
+QUAD_KEYS = {"triplet_in", "triplet_out", "out", "trip_out_to_quad", "trip_in_to_quad", "out_agg"}
+
+
+def _quad_tuples(res, m_ei, q_ei):
+    assert set(res.keys()) == QUAD_KEYS
+    assert set(res["triplet_in"].keys()) == {"in", "out"}
+    assert set(res["triplet_out"].keys()) == {"in", "out"}
+    N = res["out"].numel()
+    for k in ("out", "trip_out_to_quad", "trip_in_to_quad", "out_agg"):
+        _assert_int64_1d(res[k], N)
+    tin, tout = res["triplet_in"], res["triplet_out"]
+    for d in (tin, tout):
+        _assert_int64_1d(d["in"])
+        _assert_int64_1d(d["out"], d["in"].numel())
+    _check_inner(res["out"], res["out_agg"])
+    tuples = []
+    for k in range(N):
+        ca = int(res["out"][k])
+        jo = int(res["trip_out_to_quad"][k])
+        ji = int(res["trip_in_to_quad"][k])
+        ba = int(tout["in"][jo])
+        assert int(tout["out"][jo]) == ca
+        assert int(tin["out"][ji]) == ba
+        db = int(tin["in"][ji])
+        # geometry: c->a, b->a, d->b
+        assert int(m_ei[1, ca]) == int(q_ei[1, ba])
+        assert int(m_ei[1, db]) == int(q_ei[0, ba])
+        tuples.append((ca, ba, db))
+    assert len(set(tuples)) == len(tuples)
+    return set(tuples)
+
+
+@pytest.mark.parametrize("seed", SEEDS + [10, 11, 12])
+def test_quadruplets_random(seed):
+    rng, sizes, main, qint, _ = _graph_case(seed)
+    m_ei, m_off, n = random_graph(rng, sizes, main)
+    q_ei, q_off, _ = random_graph(rng, sizes, qint)
+    m_ei, m_off, _ = symmetrize_edges(m_ei, m_off, n)
+    res = quadruplets(m_ei, m_off, q_ei, q_off, n)
+    # the two triplet sets
+    tin = set(zip(res["triplet_in"]["in"].tolist(), res["triplet_in"]["out"].tolist()))
+    tout = set(zip(res["triplet_out"]["in"].tolist(), res["triplet_out"]["out"].tolist()))
+    assert tin == ref_mixed(m_ei, m_off, q_ei, q_off, True)
+    assert tout == ref_mixed(q_ei, q_off, m_ei, m_off, False)
+    assert len(tin) == res["triplet_in"]["in"].numel()
+    assert len(tout) == res["triplet_out"]["in"].numel()
+    assert _quad_tuples(res, m_ei, q_ei) == ref_quadruplets(m_ei, m_off, q_ei, q_off)
+
+
+def test_quadruplets_cd_filter():
+    # Atoms 0 (a), 1 (b), 2 (c = d). Main: 2->0 (c->a), 2->1 (d->b), and
+    # a second image 2->1 with offset (0,0,1). qint: 1->0 (b->a), offset 0.
+    m_ei = torch.tensor([[2, 2, 2], [0, 1, 1]])
+    m_off = torch.tensor([[0, 0, 0], [0, 0, 0], [0, 0, 1]])
+    q_ei = torch.tensor([[1], [0]])
+    q_off = torch.tensor([[0, 0, 0]])
+    res = quadruplets(m_ei, m_off, q_ei, q_off, 3)
+    got = _quad_tuples(res, m_ei, q_ei)
+    # (c->a=0, b->a=0, d->b=1) has c == d in the same image -> dropped;
+    # d->b=2 is a different image of c -> kept.
+    assert got == {(0, 0, 2)}
+    assert got == ref_quadruplets(m_ei, m_off, q_ei, q_off)
+
+
+def test_quadruplets_empty():
+    ei, off = empty_graph()
+    ei2 = torch.tensor([[0, 1], [1, 0]])
+    off2 = torch.zeros(2, 3, dtype=torch.long)
+    for (m, mo), (q, qo) in [((ei, off), (ei, off)), ((ei2, off2), (ei, off)), ((ei, off), (ei2, off2))]:
+        res = quadruplets(m, mo, q, qo, 2)
+        assert _quad_tuples(res, m, q) == set()
+        assert res["out"].shape == (0,)
+    # triplets exist but no quadruplet survives: a 2-atom chain
+    m = torch.tensor([[0, 1], [1, 0]])
+    mo = torch.zeros(2, 3, dtype=torch.long)
+    q = torch.tensor([[0], [1]])
+    qo = torch.zeros(1, 3, dtype=torch.long)
+    res = quadruplets(m, mo, q, qo, 2)
+    assert _quad_tuples(res, m, q) == ref_quadruplets(m, mo, q, qo) == set()
+
+
+# --------------------------------------------------------------------------
+# interaction_indices
+# --------------------------------------------------------------------------
+TOP_KEYS = {
+    "main_edge_index", "main_cell_offset", "id_swap", "trip_e2e", "trip_a2e",
+    "trip_e2a", "quad", "a2ee2a_target_inner", "a2a_target_inner",
+    "a2a_edge_index", "a2a_cell_offset", "a2ee2a_edge_index",
+    "a2ee2a_cell_offset", "qint_edge_index", "qint_cell_offset",
+}
+
+
+def _make_graphs(rng, sizes, main, qint, ae, a2a):
+    g = {}
+    n = None
+    for name, counts in (("main", main), ("qint", qint), ("a2ee2a", ae), ("a2a", a2a)):
+        ei, off, n = random_graph(rng, sizes, counts)
+        g[name] = {"edge_index": ei, "cell_offset": off}
+    return g, n
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_interaction_indices_random(seed):
+    rng, sizes, main, qint, ae = _graph_case(seed)
+    a2a = [int(rng.integers(0, 30)) for _ in sizes]
+    graphs, n = _make_graphs(rng, sizes, main, qint, ae, a2a)
+    out = interaction_indices(graphs, n)
+    assert set(out.keys()) == TOP_KEYS
+
+    m_ei, m_off = out["main_edge_index"], out["main_cell_offset"]
+    _check_symmetrized(
+        graphs["main"]["edge_index"], graphs["main"]["cell_offset"], m_ei, m_off, out["id_swap"]
+    )
+    ae_ei, ae_off = graphs["a2ee2a"]["edge_index"], graphs["a2ee2a"]["cell_offset"]
+    q_ei, q_off = graphs["qint"]["edge_index"], graphs["qint"]["cell_offset"]
+    aa_ei = graphs["a2a"]["edge_index"]
+
+    assert _check_trip_result(out["trip_e2e"], m_ei.shape[1]) == ref_triplets(m_ei)
+    # a2e: in = a2ee2a edges, out = main edges
+    assert _check_trip_result(out["trip_a2e"], m_ei.shape[1]) == ref_mixed(
+        ae_ei, ae_off, m_ei, m_off, False
+    )
+    # e2a: in = main edges, out = a2ee2a edges
+    assert _check_trip_result(out["trip_e2a"], ae_ei.shape[1]) == ref_mixed(
+        m_ei, m_off, ae_ei, ae_off, False
+    )
+    assert _quad_tuples(out["quad"], m_ei, q_ei) == ref_quadruplets(m_ei, m_off, q_ei, q_off)
+
+    assert out["a2ee2a_target_inner"].tolist() == ref_inner(ae_ei[1].tolist())
+    assert out["a2a_target_inner"].tolist() == ref_inner(aa_ei[1].tolist())
+    _check_inner(ae_ei[1], out["a2ee2a_target_inner"])
+    _check_inner(aa_ei[1], out["a2a_target_inner"])
+    for name in ("a2a", "a2ee2a", "qint"):
+        assert torch.equal(out[f"{name}_edge_index"], graphs[name]["edge_index"])
+        assert torch.equal(out[f"{name}_cell_offset"], graphs[name]["cell_offset"])
+
+
+def test_interaction_indices_empty():
+    ei, off = empty_graph()
+    graphs = {k: {"edge_index": ei, "cell_offset": off} for k in ("main", "a2a", "a2ee2a", "qint")}
+    for n in (0, 3):
+        out = interaction_indices(graphs, n)
+        assert set(out.keys()) == TOP_KEYS
+        assert out["main_edge_index"].shape == (2, 0)
+        assert out["main_cell_offset"].shape == (0, 3)
+        assert out["id_swap"].shape == (0,)
+        for k in ("trip_e2e", "trip_a2e", "trip_e2a"):
+            for kk in ("in", "out", "out_agg"):
+                assert out[k][kk].shape == (0,) and out[k][kk].dtype == torch.long
+        for kk in ("out", "trip_out_to_quad", "trip_in_to_quad", "out_agg"):
+            assert out["quad"][kk].shape == (0,)
+        assert out["a2a_target_inner"].shape == (0,)
+        assert out["a2ee2a_target_inner"].shape == (0,)
+
+
+def test_interaction_indices_float_offsets():
+    """JMP stores cell offsets as floats; integer-valued floats must work too."""
+    rng = np.random.default_rng(7)
+    graphs, n = _make_graphs(rng, [4, 3], [15, 10], [6, 4], [8, 6], [12, 9])
+    out_i = interaction_indices(graphs, n)
+    graphs_f = {
+        k: {"edge_index": v["edge_index"], "cell_offset": v["cell_offset"].double()}
+        for k, v in graphs.items()
+    }
+    out_f = interaction_indices(graphs_f, n)
+    assert torch.equal(out_i["main_edge_index"], out_f["main_edge_index"])
+    assert torch.equal(out_i["quad"]["out"], out_f["quad"]["out"])
+    assert torch.equal(out_i["quad"]["trip_in_to_quad"], out_f["quad"]["trip_in_to_quad"])
+    assert torch.equal(out_i["trip_e2a"]["in"], out_f["trip_e2a"]["in"])
+
+
+def test_interaction_indices_speed():
+    """100 atoms, 3,000 main edges: well under a second."""
+    gen = torch.Generator().manual_seed(0)
+    n = 100
+
+    def rand_graph(m):
+        ei = torch.randint(0, n, (2, m), generator=gen)
+        off = torch.randint(-1, 2, (m, 3), generator=gen)
+        return {"edge_index": ei, "cell_offset": off}
+
+    graphs = {
+        "main": rand_graph(3000),
+        "a2ee2a": rand_graph(2000),
+        "qint": rand_graph(800),
+        "a2a": rand_graph(5000),
+    }
+    interaction_indices(graphs, n)  # warm-up
+    t0 = time.perf_counter()
+    out = interaction_indices(graphs, n)
+    dt = time.perf_counter() - t0
+    assert out["quad"]["out"].numel() > 0
+    assert dt < 1.0, f"interaction_indices took {dt:.3f} s"
+
+
+def _scaled(off, scale):
+    return off.double() * scale if scale < 1 else off * scale
+
+
+@pytest.mark.parametrize("scale", [0.5, 2**40])
+@pytest.mark.parametrize("seed", SEEDS + [10, 11, 12])
+def test_offset_encoding_fallback(scale, seed):
+    """Non-integer or huge offsets take the row-comparison path.  Equality
+    relations between offsets are invariant under scaling, so the brute force
+    on the unscaled integer graph is still the reference."""
+    rng, sizes, main, qint, _ = _graph_case(seed)
+    m_ei, m_off, n = random_graph(rng, sizes, main)
+    q_ei, q_off, _ = random_graph(rng, sizes, qint)
+    m_ei, m_off, _ = symmetrize_edges(m_ei, m_off, n)
+    ms, qs = _scaled(m_off, scale), _scaled(q_off, scale)
+    res = quadruplets(m_ei, ms, q_ei, qs, n)
+    assert _quad_tuples(res, m_ei, q_ei) == ref_quadruplets(m_ei, m_off, q_ei, q_off)
+    for to_outedge in (False, True):
+        res = mixed_triplets(q_ei, qs, m_ei, ms, n, to_outedge=to_outedge)
+        got = _check_trip_result(res, m_ei.shape[1])
+        assert got == ref_mixed(q_ei, q_off, m_ei, m_off, to_outedge)

@@ -1,0 +1,1 @@
+"""Training command-line tools of jmp-ase (``jmp-train``)."""
