@@ -344,10 +344,11 @@ class JMPCheckpoint:
         GemNet-OC state dict, keys without the ``"backbone."`` prefix
         (includes the ``scale_factor`` and ``rbf`` buffers).  In JMP,
         ``out_blocks.N.seq_energy_pre`` is an alias of ``out_blocks.N.layers``;
-        both key sets are kept as the file has them.  They are equal for raw
-        weights, but with ``ema=True`` only ``layers.*`` take the EMA values;
-        ``torch.nn.Module.load_state_dict`` on JMP's module (alias registered
-        last) then leaves the raw ``seq_energy_pre.*`` values in effect.
+        both key sets are kept.  They are equal for raw weights; the EMA tuple
+        lists only ``layers.*``, and ``torch.nn.Module.load_state_dict`` (alias registered
+        last) would then leave stale raw values in effect, so with ``ema=True``
+        the alias keys are given their ``layers.*`` twins' EMA values (this is
+        what reproduces the original code's EMA outputs).
     energy_heads:
         One dict per pre-training task with keys ``"0.weight"`` ``(d, d)``,
         ``"0.bias"`` ``(d,)``, ``"2.weight"`` ``(1, d)``; ``d = emb_size_atom``.
@@ -424,6 +425,11 @@ def _apply_ema(state_dict: dict[str, torch.Tensor], ema: Any, path: str) -> dict
                 f"has {tuple(state_dict[key].shape)}; the EMA order does not match"
             )
         out[key] = tensor
+    # ``seq_energy_pre`` is the same module as ``layers`` in JMP: its parameters are the
+    # EMA-updated ones, so the alias keys take the values of their ``layers`` twins.
+    for key in out:
+        if ".seq_energy_pre." in key:
+            out[key] = out[key.replace(".seq_energy_pre.", ".layers.")]
     return out
 
 

@@ -187,7 +187,10 @@ def test_ema_rule(reference_dir):
     for key, tensor in zip(tracked, ema):
         assert torch.equal(merged[key], tensor), key
     for key in skipped:
-        assert torch.equal(merged[key], sd[key]), key
+        if ".seq_energy_pre." in key:  # alias of layers: takes the EMA of its twin
+            assert torch.equal(merged[key], merged[key.replace(".seq_energy_pre.", ".layers.")]), key
+        else:
+            assert torch.equal(merged[key], sd[key]), key
     # the EMA really differs from the raw weights (otherwise the test proves nothing)
     changed = [k for k in tracked if not torch.equal(merged[k], sd[k])]
     assert len(changed) > 100
