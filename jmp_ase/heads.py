@@ -6,6 +6,9 @@
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
@@ -64,3 +67,83 @@ class PretrainOutput(nn.Module):
         energy = sum_per_structure(self.out_energy[task](out.node_embedding)[:, 0], atom_batch, num_structures)
         scalar = self.out_forces[task](out.edge_embedding)[:, 0]
         return energy, direct_forces(scalar, out.vector, out.edge_index[1], num_atoms)
+
+
+HEAD_KINDS = ("energy", "scalar", "direct_forces")
+REDUCTIONS = ("sum", "mean", "max")
+
+
+@dataclass
+class HeadSpec:
+    """What one fine-tuning head predicts; saved inside every model file.
+
+    kind: ``energy`` (per-structure energy in eV, forces/stress by autograd),
+    ``scalar`` (a graph-level target named ``name``, pooled with ``reduction``) or
+    ``direct_forces`` (forces predicted per edge, for very large systems; no stress).
+    Predictions are de-normalised as ``value = scale * raw + shift`` per atom for
+    sum-pooled targets (``shift`` then is per atom), per structure otherwise, plus
+    ``sum_i element_references[Z_i]`` for energy and sum-pooled scalars.
+    """
+
+    name: str
+    kind: str = "energy"
+    reduction: str = "sum"
+    scale: float = 1.0
+    shift: float = 0.0
+    element_references: dict[int, float] = field(default_factory=dict)
+    units: str = "eV"
+
+    def __post_init__(self):
+        if self.kind not in HEAD_KINDS:
+            raise ValueError(f"head {self.name!r}: kind must be one of {HEAD_KINDS}, got {self.kind!r}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"head {self.name!r}: reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        if self.kind == "energy" and self.reduction != "sum":
+            raise ValueError(f"head {self.name!r}: an energy head must be sum-pooled")
+        self.element_references = {int(k): float(v) for k, v in self.element_references.items()}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "HeadSpec":
+        return cls(**values)
+
+
+def pool(per_atom: torch.Tensor, atom_batch: torch.Tensor, num_structures: int, reduction: str) -> torch.Tensor:
+    """(N,) -> (B,) by sum, mean or max over the atoms of each structure."""
+    if reduction == "sum":
+        return sum_per_structure(per_atom, atom_batch, num_structures)
+    if reduction == "mean":
+        counts = torch.bincount(atom_batch, minlength=num_structures).to(per_atom.dtype)
+        return sum_per_structure(per_atom, atom_batch, num_structures) / counts
+    out = per_atom.new_full((num_structures,), float("-inf"))
+    return out.scatter_reduce(0, atom_batch, per_atom, reduce="amax", include_self=True)
+
+
+class FineTuneHead(nn.Module):
+    """An MLP on node (or, for direct forces, edge) embeddings plus its de-normalisation."""
+
+    def __init__(self, spec: HeadSpec, emb_size: int, num_elements: int, activation: str = "scaled_silu"):
+        super().__init__()
+        self.spec = spec
+        self.mlp = energy_mlp(emb_size, activation)
+        refs = torch.zeros(num_elements + 1)
+        for z, value in spec.element_references.items():
+            refs[z] = value
+        self.register_buffer("element_references", refs)
+
+    def per_atom(self, node_embedding: torch.Tensor, numbers: torch.Tensor, natoms_of_atom: torch.Tensor):
+        """De-normalised per-atom contributions (N,) for sum pooling, raw (N,) otherwise."""
+        raw = self.mlp(node_embedding)[:, 0]
+        spec = self.spec
+        if spec.reduction != "sum":
+            return raw
+        return spec.scale * raw + spec.shift + self.element_references.to(raw.dtype)[numbers]
+
+    def structure_value(self, per_atom, atom_batch, num_structures):
+        """(B,) pooled and de-normalised prediction."""
+        pooled = pool(per_atom, atom_batch, num_structures, self.spec.reduction)
+        if self.spec.reduction == "sum":
+            return pooled
+        return self.spec.scale * pooled + self.spec.shift

@@ -1,10 +1,12 @@
-"""JMP's pre-trained network: atom embedding + GemNet-OC backbone + pre-training heads.
+"""Networks: atom embedding + GemNet-OC backbone + pre-training or fine-tuning heads.
 
-The module tree mirrors JMP's Lightning module, so an original ``state_dict``
+The pre-trained module tree mirrors JMP's Lightning module, so an original ``state_dict``
 (``embedding.atom_embedding.weight``, ``backbone.*``, ``output.out_energy.{i}.*``,
 ``output.out_forces.{i}.*``) loads with ``strict=True``.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -12,7 +14,8 @@ from torch import nn
 from .backbone import BackboneOutput, GemNetOCBackbone
 from .batch import AtomsBatch
 from .config import BackboneConfig
-from .heads import PretrainOutput
+from .graph import GraphSettings
+from .heads import FineTuneHead, HeadSpec, PretrainOutput, direct_forces
 
 
 class AtomEmbedding(nn.Module):
@@ -96,3 +99,156 @@ def load_jmp_pretrained(path, ema: bool = False, config=None) -> tuple[JMPPretra
     except RuntimeError as err:
         raise ValueError(f"{path}: the checkpoint does not fit backbone config {cfg}:\n{err}") from None
     return model.eval(), ckpt.task_names
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a fine-tuned model; saved inside the model file.
+
+    graph: cutoff (Å), max_neighbors and qint_tags of the graphs; elements: atomic
+    numbers seen in training; provenance: free-form record (parent model, data, version).
+    """
+
+    backbone: BackboneConfig
+    heads: list[HeadSpec]
+    cutoff: float = 12.0
+    max_neighbors: int = 30
+    elements: list[int] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            raise ValueError(f"head names must be unique, got {names}")
+        for kind in ("energy", "direct_forces"):
+            if sum(h.kind == kind for h in self.heads) > 1:
+                raise ValueError(f"at most one {kind!r} head is allowed")
+        if any(h.kind == "direct_forces" for h in self.heads) and not any(h.kind == "energy" for h in self.heads):
+            raise ValueError("a direct_forces head needs an energy head beside it")
+
+    @property
+    def graph_settings(self) -> GraphSettings:
+        return GraphSettings(cutoff=self.cutoff, max_neighbors=self.max_neighbors, qint_tags=self.backbone.qint_tags)
+
+    def to_dict(self) -> dict:
+        return {
+            "backbone": self.backbone.to_dict(),
+            "heads": [h.to_dict() for h in self.heads],
+            "cutoff": float(self.cutoff),
+            "max_neighbors": int(self.max_neighbors),
+            "elements": [int(z) for z in self.elements],
+            "provenance": dict(self.provenance),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        values = dict(values)
+        values["backbone"] = BackboneConfig.from_dict(values["backbone"])
+        values["heads"] = [HeadSpec.from_dict(h) for h in values["heads"]]
+        return cls(**values)
+
+
+class FineTunedModel(JMPBackboneModel):
+    """Backbone + fine-tuning heads; predicts ASE properties in eV, eV/Å, eV/Å³.
+
+    With an ``energy`` head, forces are -dE/dr and stress is (1/V) dE/dε (symmetric
+    strain ε applied to positions and cell), both by autograd through the graph geometry.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config.backbone)
+        self.model_config = config
+        c = config.backbone
+        self.heads = nn.ModuleDict(
+            {
+                spec.name: FineTuneHead(
+                    spec, c.emb_size_edge if spec.kind == "direct_forces" else c.emb_size_atom,
+                    c.num_elements, c.activation,
+                )
+                for spec in config.heads
+            }
+        )
+
+    @property
+    def graph_settings(self) -> GraphSettings:
+        return self.model_config.graph_settings
+
+    @property
+    def num_elements(self) -> int:
+        return self.config.num_elements
+
+    def _head_of_kind(self, kind: str):
+        return next((h for h in self.heads.values() if h.spec.kind == kind), None)
+
+    @property
+    def conservative(self) -> bool:
+        """True when forces come from -dE/dr (an energy head without a direct-force head)."""
+        return self._head_of_kind("energy") is not None and self._head_of_kind("direct_forces") is None
+
+    @property
+    def needs_grad(self) -> bool:
+        return self._head_of_kind("energy") is not None
+
+    @property
+    def implemented_properties(self) -> list[str]:
+        props = []
+        if self._head_of_kind("energy") is not None:
+            props += ["energy", "free_energy", "energies", "forces"]
+            if self.conservative:
+                props.append("stress")
+        return props
+
+    def forward(self, batch: AtomsBatch, compute_stress: bool = False, compute_forces: bool = True) -> dict:
+        """Predictions for a batch: energy (B,), energies (N,), forces (N, 3), stress (B, 3, 3)
+        and one (B,) tensor per scalar head, keyed by head name."""
+        energy_head = self._head_of_kind("energy")
+        conservative = self.conservative and compute_forces
+        compute_stress = compute_stress and energy_head is not None
+        if compute_stress and not self.conservative:
+            raise ValueError("this model predicts direct forces: it has no stress")
+        positions, cell = batch.positions, batch.cell
+        if conservative or compute_stress:
+            positions = positions.detach().requires_grad_(True)
+        strain = None
+        if compute_stress:
+            strain = torch.zeros_like(cell, requires_grad=True)
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            strained_pos = positions + torch.einsum("ni,nij->nj", positions, sym[batch.atom_batch])
+            strained_cell = cell + torch.bmm(cell, sym)
+        else:
+            strained_pos, strained_cell = positions, cell
+        out = self.embed(batch, strained_pos, strained_cell)
+        num_structures = batch.num_structures
+        natoms_of_atom = batch.natoms[batch.atom_batch]
+        results: dict[str, torch.Tensor] = {}
+        for name, head in self.heads.items():
+            kind = head.spec.kind
+            if kind == "direct_forces":
+                if compute_forces:
+                    scalar = head.mlp(out.edge_embedding)[:, 0]
+                    results["forces"] = head.spec.scale * direct_forces(
+                        scalar, out.vector, out.edge_index[1], positions.shape[0]
+                    )
+                continue
+            per_atom = head.per_atom(out.node_embedding, batch.numbers, natoms_of_atom)
+            value = head.structure_value(per_atom, batch.atom_batch, num_structures)
+            if kind == "energy":
+                results["energy"] = value
+                results["energies"] = per_atom
+            else:
+                results[name] = value
+        if conservative or compute_stress:
+            inputs = [positions] + ([strain] if compute_stress else [])
+            grads = torch.autograd.grad(
+                results["energy"].sum(), inputs, create_graph=self.training, allow_unused=True
+            )
+            if conservative:
+                results["forces"] = -_zeros_if_none(grads[0], positions)
+            if compute_stress:
+                volume = torch.linalg.det(cell).abs()
+                results["stress"] = _zeros_if_none(grads[1], strain) / volume[:, None, None]
+        return results
+
+
+def _zeros_if_none(grad, like):
+    return torch.zeros_like(like) if grad is None else grad
