@@ -6,7 +6,7 @@ configuration read from an original JMP checkpoint maps one to one.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 

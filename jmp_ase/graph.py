@@ -44,6 +44,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .neighbors import as_cell, as_pbc, as_positions, periodic_cell_problem, vesin_pairs
+from .validation import validate_structure
+
 __all__ = [
     "GRAPH_TYPES",
     "GraphSettings",
@@ -132,74 +135,6 @@ class StructureGraphs:
         return int(self.edge_index[graph_type].shape[1])
 
 
-# --------------------------------------------------------------------------------------
-# Input normalisation
-# --------------------------------------------------------------------------------------
-
-
-def _as_positions(positions) -> np.ndarray:
-    if torch.is_tensor(positions):
-        positions = positions.detach().cpu().numpy()
-    pos = np.asarray(positions, dtype=np.float64)
-    if pos.ndim == 1 and pos.size == 0:
-        pos = pos.reshape(0, 3)
-    if pos.ndim != 2 or pos.shape[1] != 3:
-        raise ValueError(f"positions must have shape (N, 3), got {pos.shape}")
-    return pos
-
-
-def _as_pbc(pbc) -> np.ndarray:
-    if torch.is_tensor(pbc):
-        pbc = pbc.detach().cpu().numpy()
-    arr = np.asarray(pbc, dtype=bool)
-    if arr.ndim == 0:
-        arr = np.repeat(arr, 3)
-    arr = arr.reshape(-1)
-    if arr.shape != (3,):
-        raise ValueError(f"pbc must be a bool or 3 bools, got {pbc!r}")
-    return arr
-
-
-def _as_cell(cell) -> np.ndarray:
-    """(3, 3) float64 array, rows = lattice vectors (Å); None gives zeros."""
-    if cell is None:
-        return np.zeros((3, 3))
-    if torch.is_tensor(cell):
-        cell = cell.detach().cpu().numpy()
-    arr = np.asarray(cell, dtype=np.float64)
-    if arr.shape == (1, 3, 3):
-        arr = arr[0]
-    if arr.shape == (3,):
-        arr = np.diag(arr)
-    if arr.shape != (3, 3):
-        raise ValueError(f"cell must have shape (3, 3) (rows = lattice vectors), got {arr.shape}")
-    return arr
-
-
-def _periodic_cell_problem(cell: np.ndarray, pbc: np.ndarray) -> str | None:
-    """Describe why the periodic lattice vectors are unusable, or None when they are fine."""
-    if not pbc.any():
-        return None
-    rows = cell[pbc]
-    if not np.all(np.isfinite(rows)):
-        return f"cell has non-finite entries in a periodic direction: {cell.tolist()}"
-    norms = np.linalg.norm(rows, axis=1)
-    if np.any(norms < 1e-8):
-        return (
-            f"cell is singular: lattice vector(s) {np.flatnonzero(pbc)[norms < 1e-8].tolist()} "
-            f"are zero but periodic (pbc={pbc.tolist()})"
-        )
-    unit = rows / norms[:, None]
-    # Gram determinant of the normalised periodic vectors: 1 for orthogonal, 0 for dependent.
-    gram_det = np.linalg.det(unit @ unit.T)
-    if not gram_det > 1e-10:
-        return (
-            f"cell is singular: the periodic lattice vectors {rows.tolist()} are linearly "
-            f"dependent (pbc={pbc.tolist()})"
-        )
-    return None
-
-
 def resolve_tags(tags) -> np.ndarray:
     """JMP's tag convention; returns an (N,) int64 array.
 
@@ -219,128 +154,8 @@ def resolve_tags(tags) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------
-
-
-def _symbol(z: int) -> str:
-    from ase.data import chemical_symbols
-
-    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
-
-
-def _describe_atoms(indices, numbers, limit: int = 10) -> str:
-    indices = [int(i) for i in indices]
-    parts = [f"{i} ({_symbol(int(numbers[i]))})" for i in indices[:limit]]
-    if len(indices) > limit:
-        parts.append(f"... {len(indices) - limit} more")
-    return ", ".join(parts)
-
-
-def validate_structure(
-    numbers,
-    positions,
-    cell,
-    pbc,
-    *,
-    num_elements: int = 120,
-    min_distance: float = 0.1,
-) -> None:
-    """Raise ``ValueError`` naming the offending atoms (index and symbol) for a bad structure.
-
-    Checks: atomic numbers ``1 <= Z <= num_elements``; finite positions (N, 3) Å; when any
-    direction is periodic, a finite cell (3, 3) Å whose periodic lattice vectors are
-    nonzero and independent (a non-periodic direction may have a zero vector); a cell given
-    for a molecule must be finite too; no two atoms (periodic images included) closer than
-    ``min_distance`` Å. Cost linear in the number of atoms.
-    """
-    if torch.is_tensor(numbers):
-        numbers = numbers.detach().cpu().numpy()
-    z = np.asarray(numbers).reshape(-1)
-    pos = _as_positions(positions)
-    pbc_arr = _as_pbc(pbc)
-    if z.shape[0] != pos.shape[0]:
-        raise ValueError(
-            f"numbers has {z.shape[0]} entries but positions has {pos.shape[0]} atoms"
-        )
-    if z.size and not np.all(np.equal(np.mod(z, 1), 0)):
-        bad = np.flatnonzero(~np.equal(np.mod(z, 1), 0))
-        raise ValueError(f"atomic numbers must be integers; atoms {bad.tolist()} are not")
-    z = z.astype(np.int64)
-
-    bad = np.flatnonzero((z < 1) | (z > num_elements))
-    if bad.size:
-        desc = ", ".join(f"{i} (Z={z[i]})" for i in bad[:10].tolist())
-        raise ValueError(
-            f"unknown element (atomic number outside 1..{num_elements}) for atoms {desc}"
-        )
-
-    bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
-    if bad.size:
-        raise ValueError(
-            f"non-finite (NaN/inf) positions for atoms {_describe_atoms(bad, z)}"
-        )
-
-    if cell is None:
-        if pbc_arr.any():
-            raise ValueError(f"pbc={pbc_arr.tolist()} is periodic but no cell was given")
-        cell_arr = np.zeros((3, 3))
-    else:
-        cell_arr = _as_cell(cell)
-        if not np.all(np.isfinite(cell_arr)):
-            raise ValueError(f"cell has non-finite (NaN/inf) entries: {cell_arr.tolist()}")
-    problem = _periodic_cell_problem(cell_arr, pbc_arr)
-    if problem is not None:
-        raise ValueError(problem)
-
-    if pos.shape[0] == 0 or min_distance <= 0:
-        return
-    i, j, shifts, dist = _vesin_pairs(pos, cell_arr, pbc_arr, float(min_distance), full=False)
-    close = dist < min_distance
-    if np.any(close):
-        i, j, shifts, dist = i[close], j[close], shifts[close], dist[close]
-        order = np.argsort(dist, kind="stable")[:10]
-        pairs = []
-        for k in order.tolist():
-            a, b, shift = int(i[k]), int(j[k]), shifts[k]
-            if b < a:
-                a, b, shift = b, a, -shift
-            image = "" if not np.any(shift) else f" (periodic image {shift.tolist()} of {b})"
-            pairs.append(
-                f"atoms {a} ({_symbol(int(z[a]))}) and {b} ({_symbol(int(z[b]))}){image}: "
-                f"{dist[k]:.4g} Å"
-            )
-        more = f"; {int(close.sum()) - len(pairs)} more pairs" if close.sum() > len(pairs) else ""
-        raise ValueError(
-            f"atoms closer than min_distance={min_distance} Å: " + "; ".join(pairs) + more
-        )
-
-
-# --------------------------------------------------------------------------------------
 # Graph construction
 # --------------------------------------------------------------------------------------
-
-
-def _vesin_pairs(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, *, full: bool):
-    """All pairs with distance < cutoff from vesin: (i, j, shifts, distance).
-
-    vesin's convention: the vector of pair (i, j, S) is ``pos[j] + S @ box - pos[i]``.
-    Non-periodic directions get a zero box vector (vesin then searches the bounding box).
-    """
-    from vesin import NeighborList
-
-    box = np.where(pbc[:, None], cell, 0.0)
-    calculator = NeighborList(cutoff=cutoff, full_list=full)
-    i, j, shifts, dist = calculator.compute(
-        points=np.ascontiguousarray(pos), box=box, periodic=[bool(p) for p in pbc],
-        quantities="ijSd",
-    )
-    return (
-        np.asarray(i, dtype=np.int64),
-        np.asarray(j, dtype=np.int64),
-        np.asarray(shifts, dtype=np.int64).reshape(-1, 3),
-        np.asarray(dist, dtype=np.float64),
-    )
 
 
 def _enumeration_order(t: np.ndarray, s: np.ndarray, off: np.ndarray) -> np.ndarray:
@@ -487,12 +302,12 @@ def structure_graphs(
     ``structure_graphs_checked``.
     """
     settings = GraphSettings() if settings is None else settings
-    pos = _as_positions(positions)
-    pbc_arr = _as_pbc(pbc)
+    pos = as_positions(positions)
+    pbc_arr = as_pbc(pbc)
     if cell is None and pbc_arr.any():
         raise ValueError(f"pbc={pbc_arr.tolist()} is periodic but no cell was given")
-    cell_arr = _as_cell(cell)
-    problem = _periodic_cell_problem(cell_arr, pbc_arr)
+    cell_arr = as_cell(cell)
+    problem = periodic_cell_problem(cell_arr, pbc_arr)
     if problem is not None:
         raise ValueError(problem)
     n = pos.shape[0]
@@ -509,7 +324,7 @@ def structure_graphs(
     # Candidates from vesin (exclusive cutoff, float64), searched a little further so that
     # every pair JMP's float32 test accepts is among them.
     search = cutoff * (1.0 + 1e-6) + 1e-3
-    i, j, off, _ = _vesin_pairs(pos, cell_arr, pbc_arr, search, full=True)
+    i, j, off, _ = vesin_pairs(pos, cell_arr, pbc_arr, search, full=True)
     # vesin pair (i, j, S): vector pos[j] + S @ box - pos[i] -> target i, source j, shift S.
     t, s = i, j
     pos32 = torch.from_numpy(pos).float()
