@@ -99,7 +99,7 @@ class SphericalBasisLayer(nn.Module):
         """-> (n_edges, num_radial), (n_quadruplets, num_spherical**2)."""
         first = legendre_basis(cos_angle, self.num_spherical)
         second = legendre_basis(torch.cos(dihedral), self.num_spherical)
-        outer = (first[:, :, None] * second[:, None, :]).reshape(cos_angle.shape[0], -1)
+        outer = (first[:, :, None] * second[:, None, :]).reshape(cos_angle.shape[0], self.num_spherical**2)
         return self.radial_basis(distance), outer
 
 

@@ -1,17 +1,24 @@
 """ASE calculator for JMP models."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.data import chemical_symbols
 from torch import nn
 
-from .batch import batch_from_atoms
-from .graph import GraphSettings
+from .batch import atoms_arrays, batch_from_atoms
+from .graph import GraphSettings, validate_structure
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+PER_ATOM = ("forces", "energies")
+
+
+class StressUnavailableError(PropertyNotImplementedError, ValueError):
+    """Stress was requested for a structure that is not periodic in all three directions."""
 
 
 def _full_3x3_to_voigt(stress: np.ndarray) -> np.ndarray:
@@ -19,17 +26,36 @@ def _full_3x3_to_voigt(stress: np.ndarray) -> np.ndarray:
     return stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
 
 
-class JMPCalculator(Calculator):
-    """ASE calculator running a JMP model (energy eV, forces eV/Å, stress eV/Å³).
+def _symbol(z: int) -> str:
+    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
 
-    ``model`` is a predictor module (see :mod:`jmp_ase.predictors`) or, for fine-tuned
-    model files, a path or the name of a model shipped with the package. Use
-    :meth:`from_jmp_checkpoint` for the original pre-trained JMP weights.
+
+def _prepare(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """``module`` in eval mode on ``device`` in ``dtype``; a copy when that would change the caller's module."""
+    params = list(module.parameters())
+    fits = not module.training and all(p.device == device and p.dtype == dtype for p in params)
+    fits = fits and all(b.device == device for b in module.buffers())
+    if not fits:
+        module = copy.deepcopy(module)
+    return module.to(device=device, dtype=dtype).eval()
+
+
+class JMPCalculator(Calculator):
+    """ASE calculator running a JMP model (energy eV, forces eV/Å, stress eV/Å³ in Voigt order).
+
+    ``model`` is a model file path, the name of a model shipped with the package, a
+    :class:`~jmp_ase.model.FineTunedModel` or a predictor module (see
+    :mod:`jmp_ase.predictors`); the caller's module is never modified. Use
+    :meth:`from_jmp_checkpoint` for the original pre-trained JMP weights. Energy, forces,
+    per-atom energies, scalar heads (under their names) and, for 3-D periodic structures,
+    stress come from one model pass and are cached until the atoms change.
+    ``check_elements`` refuses elements absent from the model's training data.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
 
-    def __init__(self, model: nn.Module | str, device: str = "cpu", dtype: str = "float32", **kwargs):
+    def __init__(self, model: nn.Module | str, device: str = "cpu", dtype: str = "float32",
+                 batch_size: int = 16, check_elements: bool = True, **kwargs):
         super().__init__(**kwargs)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -37,9 +63,13 @@ class JMPCalculator(Calculator):
             from .checkpoint import load_predictor
 
             model = load_predictor(model)
+        if not isinstance(model, nn.Module) or not hasattr(model, "implemented_properties"):
+            raise TypeError(f"model must be a path, a shipped model name or a predictor module, not {type(model)}")
         self.dtype = DTYPES[dtype]
         self.device = torch.device(device)
-        self.predictor = model.to(device=self.device, dtype=self.dtype).eval()
+        self.batch_size = int(batch_size)
+        self.check_elements = check_elements
+        self.predictor = _prepare(model, self.device, self.dtype)
         self.implemented_properties = list(model.implemented_properties)
 
     @classmethod
@@ -67,54 +97,131 @@ class JMPCalculator(Calculator):
         )
         return cls(predictor, device=device, dtype=dtype)
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        self.results = self.predict([self.atoms], properties)[0]
+    @property
+    def elements(self) -> list[int] | None:
+        """Atomic numbers the model knows (seen in training), None if it does not say."""
+        return getattr(self.predictor, "elements", None)
 
-    def predict(self, atoms_list: Sequence, properties=("energy", "forces"), batch_size: int = 16,
-                progress: bool = False) -> list[dict]:
-        """Properties of many structures, ``batch_size`` at a time (ASE units, numpy arrays)."""
-        want_stress = "stress" in properties
-        if want_stress:
-            for k, atoms in enumerate(atoms_list):
-                if not np.all(atoms.pbc):
-                    raise ValueError(
-                        f"stress needs a 3-D periodic cell, but structure {k} has pbc={atoms.pbc.tolist()}"
-                    )
-        chunks = range(0, len(atoms_list), batch_size)
+    @property
+    def supports_stress(self) -> bool:
+        return "stress" in self.implemented_properties
+
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        if name not in self.implemented_properties:
+            raise PropertyNotImplementedError(
+                f"{name!r} is not predicted by this model; it predicts {self.implemented_properties}"
+            )
+        return super().get_property(name, atoms, allow_calculation)
+
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's changes, plus ``tags`` (they select the quadruplet graph's atoms)."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and not np.array_equal(self.atoms.get_tags(), atoms.get_tags()):
+            changes.append("tags")
+        return changes
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        self.check_structure(atoms if atoms is not None else self.atoms, properties)
+        super().calculate(atoms, properties, system_changes)
+        try:
+            self.results = self._predict_chunk([self.atoms])[0]
+        except BaseException:
+            self.atoms = None  # nothing half-computed stays cached
+            raise
+
+    def check_structure(self, atoms, properties=(), index: int | None = None) -> None:
+        """Raise ``ValueError`` naming the atoms if the model cannot predict ``properties`` for ``atoms``.
+
+        Checks the elements (against the model's training elements), positions and cell
+        (finite, no atoms closer than 0.1 Å) and that stress has a 3-D periodic cell.
+        """
+        where = "" if index is None else f"structure {index}: "
+        unknown = [p for p in properties if p not in self.implemented_properties]
+        if unknown:
+            raise PropertyNotImplementedError(
+                f"{unknown} not predicted by this model; it predicts {self.implemented_properties}"
+            )
+        if "stress" in properties and not np.all(atoms.pbc):
+            raise StressUnavailableError(
+                f"{where}stress needs a cell periodic in all three directions, but these atoms have "
+                f"pbc={np.asarray(atoms.pbc).tolist()}; energy and forces are available"
+            )
+        arrays = atoms_arrays(atoms)
+        self._check_elements(arrays["numbers"], where)
+        cell = arrays["cell"] if arrays["pbc"].any() else None
+        try:
+            validate_structure(arrays["numbers"], arrays["positions"], cell, arrays["pbc"],
+                               num_elements=self.predictor.num_elements)
+        except ValueError as err:
+            raise ValueError(where + str(err)) from None
+
+    def _check_elements(self, numbers: np.ndarray, where: str) -> None:
+        known = self.elements
+        if not self.check_elements or not known:
+            return
+        bad = sorted(set(numbers.tolist()) - set(known))
+        if bad:
+            atoms = {z: np.flatnonzero(numbers == z)[:10].tolist() for z in bad}
+            listed = "; ".join(f"{_symbol(z)} (Z={z}) at atoms {idx}" for z, idx in atoms.items())
+            raise ValueError(
+                f"{where}unknown element for this model: {listed}. The model knows only "
+                f"{', '.join(_symbol(z) for z in known)} (the elements of its training data); "
+                "pass check_elements=False to predict anyway"
+            )
+
+    def predict(self, atoms_list: Sequence, properties: Sequence[str] | None = None,
+                batch_size: int | None = None, progress: bool = False) -> list[dict]:
+        """Predictions for many structures, ``batch_size`` per model pass.
+
+        Every structure is checked first (see :meth:`check_structure`), so a bad one fails
+        before any work is done. Returns one dict per structure, like ``calc.results``:
+        energy and free_energy (eV), forces (n, 3) eV/Å, energies (n,) eV, stress (6,) eV/Å³
+        for 3-D periodic structures, and one float per scalar head.
+        """
+        atoms_list = list(atoms_list)
+        properties = () if properties is None else tuple(properties)
+        for k, atoms in enumerate(atoms_list):
+            self.check_structure(atoms, properties, index=k)
+        size = self.batch_size if batch_size is None else int(batch_size)
+        chunks = range(0, len(atoms_list), size)
         if progress:
             from tqdm.auto import tqdm
 
             chunks = tqdm(chunks, desc="JMP predict", unit="batch")
         results: list[dict] = []
         for start in chunks:
-            results.extend(self._predict_chunk(atoms_list[start:start + batch_size], want_stress))
+            results.extend(self._predict_chunk(atoms_list[start:start + size]))
         return results
 
-    def _predict_chunk(self, atoms_list, want_stress: bool) -> list[dict]:
+    def _predict_chunk(self, atoms_list: list) -> list[dict]:
+        """One model pass over already checked structures."""
         predictor = self.predictor
-        batch = batch_from_atoms(
-            atoms_list, predictor.graph_settings, num_elements=predictor.num_elements, dtype=self.dtype
-        ).to(self.device)
+        periodic = [bool(np.all(a.pbc)) for a in atoms_list]
+        want_stress = self.supports_stress and any(periodic)
+        batch = batch_from_atoms(atoms_list, predictor.graph_settings, num_elements=predictor.num_elements,
+                                 validate=False, dtype=self.dtype).to(self.device)
         with torch.set_grad_enabled(getattr(predictor, "needs_grad", True)):
             out = predictor(batch, compute_stress=want_stress)
         out = {k: v.detach().to("cpu", torch.float64).numpy() for k, v in out.items()}
-        offsets = np.concatenate([[0], np.cumsum(batch.natoms.numpy())])
-        results = []
-        for b in range(len(atoms_list)):
-            atoms_slice = slice(offsets[b], offsets[b + 1])
-            res = {"energy": float(out["energy"][b]), "free_energy": float(out["energy"][b])}
-            if "forces" in out:
-                res["forces"] = out["forces"][atoms_slice]
-            if "energies" in out:
-                res["energies"] = out["energies"][atoms_slice]
-            if want_stress:
-                res["stress"] = _full_3x3_to_voigt(out["stress"][b])
-            for key, value in out.items():
-                if key not in ("energy", "forces", "energies", "stress"):
-                    res[key] = value[b]
-            results.append(res)
-        return results
+        offsets = np.concatenate([[0], np.cumsum(batch.natoms.cpu().numpy())])
+        return [self._unbatch(out, b, slice(offsets[b], offsets[b + 1]), periodic[b])
+                for b in range(len(atoms_list))]
+
+    @staticmethod
+    def _unbatch(out: dict, b: int, atoms_slice: slice, periodic: bool) -> dict:
+        """Results of structure ``b`` of a batch, in ASE's shapes."""
+        res = {}
+        for key, value in out.items():
+            if key in PER_ATOM:
+                res[key] = value[atoms_slice].copy()
+            elif key == "stress":
+                if periodic:
+                    res["stress"] = _full_3x3_to_voigt(value[b])
+            else:
+                res[key] = float(value[b])
+        if "energy" in res:
+            res["free_energy"] = res["energy"]
+        return res
 
 
 def _head_index(head: int | str, names: list[str] | None, num_heads: int) -> int:

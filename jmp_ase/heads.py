@@ -101,12 +101,19 @@ class HeadSpec:
         if self.kind == "energy" and self.reduction != "sum":
             raise ValueError(f"head {self.name!r}: an energy head must be sum-pooled")
         self.element_references = {int(k): float(v) for k, v in self.element_references.items()}
+        self.name, self.units = str(self.name), str(self.units)
+        self.scale, self.shift = float(self.scale), float(self.shift)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "HeadSpec":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict) or set(values) - known or "name" not in values:
+            found = sorted(values) if isinstance(values, dict) else type(values).__name__
+            raise ValueError(f"head spec keys must be among {sorted(known)} (name required), found {found}")
         return cls(**values)
 
 

@@ -89,7 +89,7 @@ class ScaleFactor(nn.Module):
     """A fitted scalar that keeps activations near unit variance.
 
     The buffer ``scale_factor`` is 0 until fitted; while it is 0 the layer is the
-    identity. :func:`jmp_ase.scaling.fit_scale_factors` fits it on real data.
+    identity. :func:`training.scaling.fit_scale_factors` fits it on real data.
     """
 
     def __init__(self):
@@ -151,7 +151,7 @@ class BasisEmbedding(nn.Module):
         if self.num_spherical is None:
             return rad_basis @ self.weight.T
         flat = rad_basis @ self.weight.reshape(self.weight.shape[0], -1)
-        return flat.reshape(rad_basis.shape[0], -1, num_angular)
+        return flat.reshape(rad_basis.shape[0], flat.shape[1] // num_angular, num_angular)
 
     def forward_gathered(self, rad_basis, sph_basis, idx_outer):
         """Per-triplet contraction: (n_trip, emb) = W(rad)[idx_outer] @ sph (n_trip, num_sph)."""
@@ -199,4 +199,4 @@ class EfficientInteractionBilinear(nn.Module):
             sph_m_padded[idx_agg2_outer, idx_agg2_inner] = sph_m
             sph_m = sph_m_padded.reshape(agg2_out_size, -1, sph_m.shape[-1])
         out = rad_w @ sph_m  # (n_out, interm, emb_in)
-        return self.bilinear(out.reshape(out.shape[0], -1))
+        return self.bilinear(out.reshape(out.shape[0], out.shape[1] * out.shape[2]))

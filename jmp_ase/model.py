@@ -6,6 +6,7 @@ The pre-trained module tree mirrors JMP's Lightning module, so an original ``sta
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -101,12 +102,20 @@ def load_jmp_pretrained(path, ema: bool = False, config=None) -> tuple[JMPPretra
     return model.eval(), ckpt.task_names
 
 
+UNITS = {"length": "Å", "energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3"}
+# Names a scalar head may not take: they would shadow ASE properties in calculator results.
+RESERVED_NAMES = ("energy", "free_energy", "energies", "forces", "stress", "stresses", "dipole",
+                  "charges", "magmom", "magmoms")
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a fine-tuned model; saved inside the model file.
 
-    graph: cutoff (Å), max_neighbors and qint_tags of the graphs; elements: atomic
-    numbers seen in training; provenance: free-form record (parent model, data, version).
+    cutoff (Å), max_neighbors (and the backbone's qint_tags) define the graphs;
+    elements: atomic numbers seen in training (empty = not recorded); provenance:
+    record of the parent model, data, jmp-ase version and date (plain Python values);
+    units: the units of positions and predictions (fixed, stated for readers of the file).
     """
 
     backbone: BackboneConfig
@@ -115,8 +124,22 @@ class ModelConfig:
     max_neighbors: int = 30
     elements: list[int] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    units: dict = field(default_factory=lambda: dict(UNITS))
 
     def __post_init__(self):
+        self._check_heads()
+        self.cutoff = float(self.cutoff)
+        self.max_neighbors = int(self.max_neighbors)
+        self.elements = sorted({int(z) for z in self.elements})
+        bad = [z for z in self.elements if not 1 <= z <= self.backbone.num_elements]
+        if bad:
+            raise ValueError(f"elements {bad} are outside 1..{self.backbone.num_elements} (num_elements)")
+        if dict(self.units) != UNITS:
+            raise ValueError(f"units must be {UNITS} (the units jmp-ase computes in), got {self.units}")
+        self.units = dict(UNITS)
+        self.graph_settings  # noqa: B018 - validates cutoff and max_neighbors
+
+    def _check_heads(self):
         names = [h.name for h in self.heads]
         if len(set(names)) != len(names):
             raise ValueError(f"head names must be unique, got {names}")
@@ -125,12 +148,16 @@ class ModelConfig:
                 raise ValueError(f"at most one {kind!r} head is allowed")
         if any(h.kind == "direct_forces" for h in self.heads) and not any(h.kind == "energy" for h in self.heads):
             raise ValueError("a direct_forces head needs an energy head beside it")
+        clash = [h.name for h in self.heads if h.kind == "scalar" and h.name in RESERVED_NAMES]
+        if clash:
+            raise ValueError(f"scalar heads may not be named {clash}: these names are ASE properties")
 
     @property
     def graph_settings(self) -> GraphSettings:
         return GraphSettings(cutoff=self.cutoff, max_neighbors=self.max_neighbors, qint_tags=self.backbone.qint_tags)
 
     def to_dict(self) -> dict:
+        """Plain-Python dict (safe for ``torch.load(weights_only=True)``)."""
         return {
             "backbone": self.backbone.to_dict(),
             "heads": [h.to_dict() for h in self.heads],
@@ -138,10 +165,17 @@ class ModelConfig:
             "max_neighbors": int(self.max_neighbors),
             "elements": [int(z) for z in self.elements],
             "provenance": dict(self.provenance),
+            "units": dict(self.units),
         }
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
+        """Inverse of :meth:`to_dict`; unknown or missing keys raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict) or set(values) - known or not {"backbone", "heads"} <= set(values):
+            found = sorted(values) if isinstance(values, dict) else type(values).__name__
+            raise ValueError(f"model config keys must be among {sorted(known)} (backbone and heads required), "
+                             f"found {found}")
         values = dict(values)
         values["backbone"] = BackboneConfig.from_dict(values["backbone"])
         values["heads"] = [HeadSpec.from_dict(h) for h in values["heads"]]
@@ -190,13 +224,24 @@ class FineTunedModel(JMPBackboneModel):
         return self._head_of_kind("energy") is not None
 
     @property
+    def elements(self) -> list[int] | None:
+        """Atomic numbers seen in training, or None when the model file does not record them."""
+        return list(self.model_config.elements) or None
+
+    @property
+    def scalar_heads(self) -> list[str]:
+        """Names of the graph-level scalar heads (predicted per structure)."""
+        return [name for name, h in self.heads.items() if h.spec.kind == "scalar"]
+
+    @property
     def implemented_properties(self) -> list[str]:
+        """ASE properties this model predicts, scalar head names included."""
         props = []
         if self._head_of_kind("energy") is not None:
             props += ["energy", "free_energy", "energies", "forces"]
             if self.conservative:
                 props.append("stress")
-        return props
+        return props + self.scalar_heads
 
     def forward(self, batch: AtomsBatch, compute_stress: bool = False, compute_forces: bool = True) -> dict:
         """Predictions for a batch: energy (B,), energies (N,), forces (N, 3), stress (B, 3, 3)

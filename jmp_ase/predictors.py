@@ -1,8 +1,12 @@
 """Predictors: modules that map an :class:`~jmp_ase.batch.AtomsBatch` to ASE properties.
 
 A predictor carries its graph settings and the properties it implements, so the
-calculator stays independent of how a model computes them. Output units: energy eV
-(per structure, (B,)), forces eV/Å (N, 3), stress eV/Å³ (B, 3, 3), energies eV (N,).
+calculator stays independent of how a model computes them. The interface (which
+:class:`~jmp_ase.model.FineTunedModel` has too): attributes ``graph_settings``,
+``num_elements``, ``implemented_properties``, ``needs_grad`` (autograd needed),
+``elements`` (atomic numbers seen in training, or None) and
+``forward(batch, compute_stress=False) -> dict``. Output units: energy eV (per
+structure, (B,)), forces eV/Å (N, 3), stress eV/Å³ (B, 3, 3), energies eV (N,).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ class PretrainHeadPredictor(nn.Module):
 
     implemented_properties = ("energy", "free_energy", "forces", "energies")
     needs_grad = False
+    elements = None
 
     def __init__(self, model: JMPPretrainedModel, task: int, graph_settings: GraphSettings,
                  energy_scale: float = 1.0, energy_shift: float = 0.0, force_scale: float = 1.0,
@@ -40,6 +45,7 @@ class PretrainHeadPredictor(nn.Module):
         for z, value in (element_references or {}).items():
             refs[int(z)] = float(value)
         self.register_buffer("element_references", refs, persistent=False)
+        self.eval()
 
     def forward(self, batch: AtomsBatch, compute_stress: bool = False) -> dict[str, torch.Tensor]:
         if compute_stress:

@@ -65,11 +65,36 @@ def test_backbone_and_heads_match_reference(reference_dir, structures, name, ema
             assert_close(forces, ref[f"{name}/task{task}_direct_forces"], f"task {task} forces")
 
 
+def ema_finetune_head(reference_dir, head):
+    """The EMA copy of the fine-tune head that produced reference-ema.npz.
+
+    The fixture ships only the raw head. Its generator drew every EMA tensor as
+    ``raw + 0.01 * randn`` from ``torch.manual_seed(1000)`` (this reproduces the
+    checkpoint's EMA tuple exactly, checked below) and the head's EMA copy with the
+    next two draws of the same stream. We regenerate it the same way.
+    """
+    from jmp_ase.jmp_checkpoint import ema_keys, safe_load
+
+    ckpt = safe_load(reference_dir / CKPT)
+    state, ema = ckpt["state_dict"], ckpt["optimizer_states"][0]["ema"]
+    generator = torch.Generator().manual_seed(1000)
+    for key, tensor in zip(ema_keys(state), ema):
+        noise = torch.randn(tensor.shape, generator=generator)
+        torch.testing.assert_close(tensor, state[key] + 0.01 * noise, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        for layer in (head[0], head[2]):
+            layer.weight += 0.01 * torch.randn(layer.weight.shape, generator=generator)
+    return head
+
+
+@pytest.mark.parametrize("ema", [False, True], ids=["raw", "ema"])
 @pytest.mark.parametrize("name", NAMES)
-def test_conservative_finetune_energy_matches_reference(reference_dir, structures, name):
-    ref = np.load(reference_dir / "reference-raw.npz")
-    model, _ = load_jmp_pretrained(reference_dir / CKPT)
+def test_conservative_finetune_energy_matches_reference(reference_dir, structures, name, ema):
+    ref = np.load(reference_dir / ("reference-ema.npz" if ema else "reference-raw.npz"))
+    model, _ = load_jmp_pretrained(reference_dir / CKPT, ema=ema)
     head = finetune_head(reference_dir, model.config.emb_size_atom)
+    if ema:
+        head = ema_finetune_head(reference_dir, head)
     atoms = structures[name]
     batch = batch_from_atoms([atoms], settings_of(atoms))
     batch.positions.requires_grad_(True)

@@ -1,7 +1,11 @@
-"""Entry point of the ``jmp-train`` command."""
+"""Entry point of the ``jmp-train`` command: ``finetune``, ``evaluate`` and ``pretrain``."""
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import click
+import numpy as np
 
 from jmp_ase import __version__
 
@@ -10,6 +14,157 @@ from jmp_ase import __version__
 @click.version_option(__version__, "--version", prog_name="jmp-train")
 def main() -> None:
     """Fine-tune and evaluate JMP (GemNet-OC) models for use with ASE."""
+
+
+def _devices(value):
+    if value is None:
+        return None
+    return int(value) if str(value).isdigit() else value
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--pretrained", help="Parent model: original JMP checkpoint, pretrain.ckpt, jmp-ase model file or name.")
+@click.option("--ema/--no-ema", default=None, help="Use the parent checkpoint's EMA weights.")
+@click.option("--scratch", is_flag=True, default=None, help="Random weights (the parent's architecture if given).")
+@click.option("--train", "train", help="Training data (.extxyz/.xyz, ASE .db, .lmdb).")
+@click.option("--val", help="Validation data (default: a fraction of the training data).")
+@click.option("--test", help="Test data, evaluated with the best model at the end.")
+@click.option("--targets", help="Comma-separated: energy,forces[,stress] or a graph-level label, e.g. homo_lumo_gap.")
+@click.option("--max-epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float, help="Peak learning rate of the top layers.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (model.ckpt, last.ckpt, metrics.csv).")
+@click.option("--seed", type=int)
+@click.option("--cutoff", type=float, help="Graph cutoff in Å.")
+@click.option("--max-neighbors", type=int)
+@click.option("--devices", help="Number of devices (or 'auto').")
+@click.option("--accelerator", help="cpu, gpu or auto.")
+@click.option("--resume", is_flag=True, default=None, help="Continue the run in --out from its last.ckpt.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars.")
+def finetune(config, **options):
+    """Fine-tune a JMP backbone; CONFIG is a YAML file whose settings the options override."""
+    from .finetune import FinetuneConfig, run_finetune
+
+    options["devices"] = _devices(options["devices"])
+    try:
+        settings = FinetuneConfig.from_yaml(config, **options)
+        summary = run_finetune(settings)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(summary["text"])
+
+
+def default_targets(model, labels: list[str]) -> list[str]:
+    """What a model predicts that the data has labels for."""
+    names = []
+    if model.needs_grad:
+        names += [t for t in ("energy", "forces", "stress") if t in labels]
+    elif any(h.spec.kind == "direct_forces" for h in model.heads.values()):
+        names += [t for t in ("energy", "forces") if t in labels]
+    names += [n for n, h in model.heads.items() if h.spec.kind == "scalar" and n in labels]
+    return names
+
+
+def write_predictions(path, errors, targets) -> None:
+    """One row per structure: natoms, label and prediction of each graph-level target, force errors."""
+    preds = {t: (np.concatenate(p), np.concatenate(y)) for t, (p, y) in errors.predictions.items()}
+    natoms = np.asarray(errors.natoms)
+    starts = np.concatenate([[0], np.cumsum(natoms)])
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        header = ["structure", "natoms"]
+        for t in targets:
+            header += [f"{t}_mae"] if t in ("forces", "stress") else [f"{t}_label", f"{t}_pred"]
+        writer.writerow(header)
+        for s, n in enumerate(natoms):
+            row = [s, int(n)]
+            for t in targets:
+                p, y = preds[t]
+                if t == "forces":
+                    row.append(float(np.abs(p[starts[s]:starts[s + 1]] - y[starts[s]:starts[s + 1]]).mean()))
+                elif t == "stress":
+                    row.append(float(np.abs(p[s] - y[s]).mean()))
+                else:
+                    row += [float(y[s]), float(p[s])]
+            writer.writerow(row)
+
+
+def parity_plot(path, errors, targets, units) -> None:
+    """Predicted against labelled values, one panel per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 4), squeeze=False)
+    for ax, t in zip(axes[0], targets):
+        p, y = (np.concatenate(v).ravel() for v in errors.predictions[t])
+        ax.scatter(y, p, s=4, alpha=0.5)
+        lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlabel(f"label {t} ({units.get(t, '')})")
+        ax.set_ylabel(f"predicted {t}")
+        ax.set_title(f"{t}: MAE {np.abs(p - y).mean():.4g}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@main.command()
+@click.argument("model")
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--out", type=click.Path(file_okay=False), default="evaluation", show_default=True,
+              help="Folder for predictions.csv and parity.png.")
+@click.option("--targets", help="Comma-separated targets (default: all the model predicts and the data has).")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def evaluate(model, data, out, targets, batch_size, device):
+    """Errors of MODEL (a model file or shipped name) on DATA; writes a CSV and a parity plot."""
+    from jmp_ase.checkpoint import load_model
+
+    from .data import DatasetSpec, available_labels, read_structures
+    from .finetune import physical, predict_dataset
+
+    try:
+        net = load_model(model)
+        if targets:
+            names = [t.strip() for t in targets.split(",") if t.strip()]
+        else:
+            names = default_targets(net, available_labels(read_structures(data, 0)[0]))
+        if not names:
+            raise ValueError(f"{data} has no labels for what the model predicts ({list(net.heads)})")
+        cfg = net.model_config
+        spec = DatasetSpec(data, names, cfg.cutoff, cfg.max_neighbors)
+        dataset = spec.build(cfg.backbone.qint_tags, cfg.backbone.num_elements)
+        errors = predict_dataset(net, dataset, batch_size, device, names)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        raise click.ClickException(str(err)) from None
+    metrics = errors.metrics({}, {})
+    units = {n: h.spec.units for n, h in net.heads.items()}
+    units.update({"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³"})
+    click.echo(f"{model} on {data} ({len(dataset)} structures):")
+    for t in names:
+        click.echo(f"  {t:>12s}: MAE {physical(t, metrics[f'{t}_mae'], units)}, "
+                   f"RMSE {physical(t, metrics[f'{t}_rmse'], units)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out / "predictions.csv", errors, names)
+    parity_plot(out / "parity.png", errors, names, units)
+    click.echo(f"wrote {out / 'predictions.csv'} and {out / 'parity.png'}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--resume", is_flag=True, help="Continue the run in the config's output folder from its last.ckpt.")
+def pretrain(config, resume):
+    """Joint pre-training on several data sets, as configured in the YAML file CONFIG."""
+    import yaml
+
+    from .pretrain import run_pretrain
+
+    settings = yaml.safe_load(Path(config).read_text()) or {}
+    click.echo(f"wrote {run_pretrain(settings, resume=resume or None)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

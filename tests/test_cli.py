@@ -1,0 +1,128 @@
+"""The jmp-train command line: finetune (YAML + overrides, resume), evaluate, pretrain hook."""
+import csv
+import sys
+import types
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+import yaml
+from ase import Atoms
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from click.testing import CliRunner
+
+from jmp_ase import __version__
+from training.cli import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and do not stall when other processes share the CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def write_clusters(path, n, seed):
+    rng = np.random.default_rng(seed)
+    grid = np.array([[0, 0, 0], [2.4, 0, 0], [0, 2.4, 0], [0, 0, 2.4]], dtype=float)
+    out = []
+    for k in range(n):
+        nat = 3 + k % 2
+        atoms = Atoms(rng.choice(["Cu", "Pt"], nat), positions=grid[:nat] + rng.normal(scale=0.12, size=(nat, 3)))
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        out.append(atoms)
+    ase.io.write(path, out, format="extxyz")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, reference_dir):
+    """A 1-epoch fine-tuning run through the CLI (YAML file + overriding options)."""
+    root = tmp_path_factory.mktemp("cli")
+    write_clusters(root / "train.extxyz", 10, 0)
+    write_clusters(root / "val.extxyz", 4, 1)
+    config = {
+        "pretrained": "jmp-mini", "train": "overridden.extxyz", "val": str(root / "val.extxyz"),
+        "targets": ["energy", "forces"], "cutoff": 4.0, "max_neighbors": 8, "max_epochs": 5, "batch_size": 5,
+        "lr": "2e-3", "warmup_epochs": 0.5, "cosine_epochs": 2, "ema_decay": 0.5, "accelerator": "cpu",
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, [
+        "finetune", str(root / "config.yaml"), "--pretrained", str(reference_dir / "jmp-tiny-pretrain.ckpt"),
+        "--ema", "--train", str(root / "train.extxyz"), "--max-epochs", "1", "--out", str(root / "run"),
+        "--seed", "3", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return root, result.output
+
+
+def test_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_finetune_command(run_dir):
+    root, output = run_dir
+    assert "best epoch: 0" in output and "meV/Å" in output
+    for name in ("model.ckpt", "last.ckpt", "metrics.csv"):
+        assert (root / "run" / name).is_file()
+    assert len(list(csv.DictReader(open(root / "run" / "metrics.csv")))) == 1
+
+
+def test_finetune_refuses_existing_run_and_resumes(run_dir):
+    root, _ = run_dir
+    args = ["finetune", str(root / "config.yaml"), "--pretrained", str(root / "run" / "model.ckpt"),
+            "--train", str(root / "train.extxyz"), "--out", str(root / "run"), "--no-progress"]
+    result = CliRunner().invoke(main, args + ["--max-epochs", "2"])
+    assert result.exit_code != 0 and "already holds a run" in result.output
+    result = CliRunner().invoke(main, args + ["--max-epochs", "2", "--resume"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    rows = list(csv.DictReader(open(root / "run" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+
+
+def test_finetune_clear_errors(tmp_path):
+    result = CliRunner().invoke(main, ["finetune", "--scratch", "--train", str(tmp_path / "missing.extxyz"),
+                                       "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "missing.extxyz" in result.output
+    result = CliRunner().invoke(main, ["finetune", "--train", "x.extxyz"])
+    assert result.exit_code != 0 and "parent model" in result.output
+
+
+def test_evaluate_writes_csv_and_plot(run_dir, tmp_path):
+    root, _ = run_dir
+    result = CliRunner().invoke(main, ["evaluate", str(root / "run" / "model.ckpt"), str(root / "val.extxyz"),
+                                       "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "energy: MAE" in result.output and "meV" in result.output and "forces: MAE" in result.output
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "predictions.csv")))
+    assert len(rows) == 4
+    assert set(rows[0]) == {"structure", "natoms", "energy_label", "energy_pred", "forces_mae"}
+    labels = [a.get_potential_energy() for a in ase.io.read(root / "val.extxyz", ":")]
+    np.testing.assert_allclose([float(r["energy_label"]) for r in rows], labels, rtol=1e-6)
+    assert (tmp_path / "eval" / "parity.png").stat().st_size > 1000
+    result = CliRunner().invoke(main, ["evaluate", str(root / "run" / "model.ckpt"), str(root / "val.extxyz"),
+                                       "--targets", "gap", "--out", str(tmp_path / "e2")])
+    assert result.exit_code != 0 and "no label 'gap'" in result.output
+
+
+def test_pretrain_hook_calls_run_pretrain(tmp_path, monkeypatch):
+    seen = {}
+    fake = types.ModuleType("training.pretrain")
+    def fake_run(config, resume=None):
+        seen.update(config=config, resume=resume)
+        return "pretrain.ckpt"
+
+    fake.run_pretrain = fake_run
+    monkeypatch.setitem(sys.modules, "training.pretrain", fake)
+    (tmp_path / "p.yaml").write_text("datasets: [a, b]\nmax_epochs: 2\n")
+    result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 0, result.output
+    assert seen == {"config": {"datasets": ["a", "b"], "max_epochs": 2}, "resume": None}
+    assert "wrote pretrain.ckpt" in result.output
+    result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml"), "--resume"])
+    assert result.exit_code == 0 and seen["resume"] is True

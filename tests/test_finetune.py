@@ -1,0 +1,280 @@
+"""training.finetune and training.schedules: losses, LLRD, schedule, EMA, a short fine-tuning run."""
+import csv
+import math
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from jmp_ase.calculator import JMPCalculator
+from jmp_ase.checkpoint import load_model
+from jmp_ase.config import tiny
+from jmp_ase.heads import HeadSpec
+from jmp_ase.model import FineTunedModel, ModelConfig
+from training.data import DatasetSpec, collate
+from training.finetune import (
+    EMACallback, ErrorSums, FinetuneConfig, build_model, compute_losses, energy_loss, force_loss, run_finetune,
+)
+from training.schedules import WarmupCosineRLP, param_groups_with_llrd, warmup_cosine_factor
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and do not stall when other processes share the CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def emt_clusters(n, seed):
+    """Cu/Pt clusters of 3-4 atoms labelled with EMT, with a made-up graph-level 'gap'."""
+    rng = np.random.default_rng(seed)
+    grid = np.array([[0, 0, 0], [2.4, 0, 0], [0, 2.4, 0], [0, 0, 2.4]], dtype=float)
+    out = []
+    for k in range(n):
+        nat = 3 + k % 2
+        atoms = Atoms(rng.choice(["Cu", "Pt"], nat), positions=grid[:nat] + rng.normal(scale=0.12, size=(nat, 3)))
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        atoms.info["gap"] = 1.0 + 0.3 * nat + 0.1 * rng.normal()
+        out.append(atoms)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("emt")
+    ase.io.write(path / "train.extxyz", emt_clusters(12, 0), format="extxyz")
+    ase.io.write(path / "val.extxyz", emt_clusters(4, 1), format="extxyz")
+    return path
+
+
+def base_config(data_dir, out, **kw):
+    values = dict(train=str(data_dir / "train.extxyz"), val=str(data_dir / "val.extxyz"), cutoff=4.0,
+                  max_neighbors=8, max_epochs=2, batch_size=6, lr=2e-3, warmup_epochs=0.5, cosine_epochs=2,
+                  ema_decay=0.5, out=str(out), progress=False, accelerator="cpu")
+    values.update(kw)
+    return values
+
+
+def tiny_model(heads=None):
+    heads = heads or [HeadSpec("energy")]
+    return FineTunedModel(ModelConfig(tiny(), heads, cutoff=4.0, max_neighbors=8))
+
+
+def test_loss_terms_by_hand():
+    e_pred, e_true = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, -1.0, 0.5])
+    assert energy_loss(e_pred, e_true).item() == pytest.approx((1 + 1 + 0) / 3)
+    f_pred = torch.tensor([[3.0, 4.0, 0.0], [1.0, 1.0, 1.0]])
+    f_true = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 2.0]])
+    assert force_loss(f_pred, f_true).item() == pytest.approx((5 + 1) / 2)
+    s_pred, s_true = torch.zeros(1, 3, 3), torch.full((1, 3, 3), 0.1)
+    preds = {"energy": e_pred, "forces": f_pred, "stress": s_pred}
+    targets = {"energy": e_true, "forces": f_true, "stress": s_true}
+    total, terms = compute_losses(preds, targets, {"energy": 2.0, "forces": 10.0, "stress": 1.0},
+                                  {"energy": 0.5, "forces": 2.0, "stress": 0.1})
+    assert terms["stress"].item() == pytest.approx(0.1)
+    assert total.item() == pytest.approx(2 * (2 / 3) / 0.5 + 10 * 3 / 2 + 1 * 0.1 / 0.1)
+    sums = ErrorSums()
+    sums.add({"forces": f_pred[:1]}, {"forces": f_true[:1]})
+    sums.add({"forces": f_pred[1:]}, {"forces": f_true[1:]})
+    metrics = sums.metrics({"forces": 1.0}, {"forces": 1.0})
+    assert metrics["loss"] == pytest.approx(3.0)  # epoch L2 over atoms, not a mean of batch means
+    assert metrics["forces_mae"] == pytest.approx(8 / 6)
+    assert metrics["forces_rmse"] == pytest.approx(math.sqrt(26 / 6))
+
+
+def test_llrd_param_groups():
+    model = tiny_model()
+    groups = param_groups_with_llrd(model, lr=1e-3, decay=0.5, weight_decay=0.1)
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"top", "block_1", "block_0", "embedding"}  # tiny has 2 blocks
+    assert by_name["top"]["lr"] == pytest.approx(1e-3)
+    assert by_name["block_1"]["lr"] == pytest.approx(5e-4)
+    assert by_name["block_0"]["lr"] == pytest.approx(2.5e-4)
+    assert by_name["embedding"]["lr"] == pytest.approx(1.25e-4)
+    ids = {name: {id(p) for p in g["params"]} for name, g in by_name.items()}
+    params = dict(model.named_parameters())
+    assert id(params["embedding.atom_embedding.weight"]) in ids["embedding"]
+    assert id(next(p for n, p in params.items() if n.startswith("backbone.int_blocks.1."))) in ids["block_1"]
+    assert id(next(p for n, p in params.items() if n.startswith("backbone.out_blocks.0."))) in ids["block_0"]
+    assert id(next(p for n, p in params.items() if n.startswith("backbone.out_blocks.2."))) in ids["block_1"]
+    assert id(next(p for n, p in params.items() if n.startswith("heads.energy."))) in ids["top"]
+    assert sum(len(g["params"]) for g in groups) == len(params)
+    with pytest.raises(ValueError, match="decay"):
+        param_groups_with_llrd(model, 1e-3, 0.0)
+
+
+def test_schedule_values():
+    assert warmup_cosine_factor(0, 10, 110, 0.1, 0.2) == pytest.approx(0.1)
+    assert warmup_cosine_factor(5, 10, 110, 0.1, 0.2) == pytest.approx(0.55)
+    assert warmup_cosine_factor(10, 10, 110, 0.1, 0.2) == pytest.approx(1.0)
+    assert warmup_cosine_factor(60, 10, 110, 0.1, 0.2) == pytest.approx(0.6)
+    assert warmup_cosine_factor(110, 10, 110, 0.1, 0.2) == pytest.approx(0.2)
+    assert warmup_cosine_factor(500, 10, 110, 0.1, 0.2) == pytest.approx(0.2)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [param], "lr": 1.0}, {"params": [], "lr": 0.5, "lr_scale": 0.5}])
+    scheduler = WarmupCosineRLP(optimizer, warmup_steps=2, cosine_steps=4, warmup_start_factor=0.1,
+                                min_lr_factor=0.1, rlp_factor=0.5, rlp_patience=1)
+    lrs = [scheduler.get_last_lr()]
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr())
+    assert [round(x[0], 6) for x in lrs] == [0.1, 0.55, 1.0, 0.55, 0.1, 0.1]
+    assert lrs[-1][1] == pytest.approx(0.5 * 0.2)  # JMP's floor min_lr_factor / lr_scale for decayed groups
+    assert not scheduler.plateau_step(1.0)  # best
+    assert not scheduler.plateau_step(1.0)  # 1 bad epoch <= patience
+    assert scheduler.plateau_step(1.0)  # 2 bad epochs: reduce
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # the cosine does not undo it
+    state = scheduler.state_dict()
+    assert state["bad_epochs"] == 0 and state["best"] == 1.0
+
+
+def test_ema_callback_average_and_swap():
+    model = tiny_model()
+    holder = torch.nn.Module()
+    holder.model = model
+    ema = EMACallback(decay=0.75)
+    ema.on_fit_start(None, holder)
+    key = "heads.energy.mlp.0.weight"
+    start = model.state_dict()[key].clone()
+    with torch.no_grad():
+        model.heads.energy.mlp[0].weight.add_(1.0)
+    ema.on_train_batch_end(None, holder, None, None, 0)
+    torch.testing.assert_close(ema.shadow[key], start + 0.25)
+    ema.on_validation_start(None, holder)
+    torch.testing.assert_close(model.state_dict()[key], start + 0.25)
+    ema.on_validation_end(None, holder)
+    torch.testing.assert_close(model.state_dict()[key], start + 1.0)
+
+
+def test_heads_carry_normalisation(data_dir):
+    config = FinetuneConfig.from_dict(dict(base_config(data_dir, "unused"), scratch=True, backbone="tiny",
+                                           targets=["energy", "forces", "gap"], reductions={"gap": "max"}))
+    dataset = DatasetSpec(config.train, config.targets, 4.0, 8).build()
+    model, info = build_model(config, dataset)
+    heads = {h.name: h for h in model.model_config.heads}
+    stats, refs = info["statistics"], info["element_references"]
+    assert set(refs) == {29, 78}
+    assert heads["energy"].element_references == refs
+    assert heads["energy"].scale == pytest.approx(stats["force_rms"])
+    assert heads["energy"].shift == pytest.approx(stats["energy_mean_per_atom"])
+    assert heads["gap"].kind == "scalar" and heads["gap"].reduction == "max"
+    assert heads["gap"].shift == pytest.approx(stats["gap_mean"]) and heads["gap"].scale == pytest.approx(stats["gap_std"])
+    assert model.model_config.elements == [29, 78]
+
+
+def test_loss_decreases_on_a_batch(data_dir):
+    config = FinetuneConfig.from_dict(dict(base_config(data_dir, "unused"), scratch=True, backbone="tiny"))
+    dataset = DatasetSpec(config.train, config.targets, 4.0, 8).build()
+    torch.manual_seed(0)
+    model, _ = build_model(config, dataset)
+    batch, targets = collate([dataset[i] for i in range(6)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(6):
+        optimizer.zero_grad()
+        loss, _ = compute_losses(model(batch), targets, {"energy": 1.0, "forces": 10.0}, {})
+        loss.backward()  # forces are -dE/dr with create_graph: the force loss trains the weights
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.fixture(scope="module")
+def finetuned(data_dir, reference_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    summary = run_finetune(base_config(data_dir, out, pretrained=str(reference_dir / "jmp-tiny-pretrain.ckpt"),
+                                       ema=True, test=str(data_dir / "val.extxyz")))
+    return out, summary
+
+
+def test_finetune_from_jmp_checkpoint(finetuned, data_dir, reference_dir):
+    out, summary = finetuned
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    for key in ("train_loss", "val_loss", "train_energy_mae", "val_forces_mae", "lr"):
+        assert math.isfinite(float(rows[-1][key]))
+    assert (out / "last.ckpt").is_file()
+    assert summary["best_epoch"] in (0, 1)
+    assert "forces: MAE" in summary["text"] and "meV/Å" in summary["text"]
+    assert summary["test"]["energy_mae"] == pytest.approx(summary["val"]["val_energy_mae"], rel=1e-4)
+    model = load_model(out / "model.ckpt")
+    provenance = model.model_config.provenance
+    assert provenance["parent"].endswith("jmp-tiny-pretrain.ckpt") and provenance["ema"] is True
+    assert provenance["targets"] == ["energy", "forces"]
+    assert provenance["best_epoch"] == summary["best_epoch"]
+    assert provenance["data"]["train"].endswith("train.extxyz")
+    # backbone weights come from the parent (EMA), moved by at most a few steps of training
+    from jmp_ase.model import load_jmp_pretrained
+
+    parent, _ = load_jmp_pretrained(reference_dir / "jmp-tiny-pretrain.ckpt", ema=True)
+    w0 = parent.state_dict()["embedding.atom_embedding.weight"]
+    w1 = model.state_dict()["embedding.atom_embedding.weight"]
+    assert (w1 - w0).abs().max() < 0.05
+    # the saved model predicts eV: the energy error equals the validation MAE of the summary
+    atoms = ase.io.read(data_dir / "val.extxyz", ":")
+    calc = JMPCalculator(str(out / "model.ckpt"))
+    errors = []
+    for a in atoms:
+        label = a.get_potential_energy()
+        a.calc = calc
+        errors.append(abs(a.get_potential_energy() - label))
+        assert a.get_forces().shape == (len(a), 3)
+    assert np.mean(errors) == pytest.approx(summary["val"]["val_energy_mae"], rel=1e-3, abs=1e-5)
+
+
+def test_finetune_from_scratch_scalar_target(data_dir, tmp_path):
+    summary = run_finetune(base_config(data_dir, tmp_path / "gap", scratch=True, backbone="tiny", targets="gap",
+                                       reductions={"gap": "mean"}, units={"gap": "eV"}, max_epochs=1))
+    model = load_model(summary["model"])
+    assert [h.name for h in model.model_config.heads] == ["gap"]
+    assert model.model_config.provenance["parent"] == "scratch"
+    assert "gap: MAE" in summary["text"]
+
+
+def test_config_errors(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown fine-tuning settings \\['learning_rate'\\]"):
+        FinetuneConfig.from_dict({"learning_rate": 1.0})
+    with pytest.raises(ValueError, match="parent model"):
+        FinetuneConfig.from_dict({"train": "x.extxyz"})
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        run_finetune(base_config(data_dir, tmp_path / "none", scratch=True, backbone="tiny", resume=True))
+
+
+def test_direct_forces_and_stress_heads_train(tmp_path):
+    rng = np.random.default_rng(2)
+    cells = []
+    for k in range(4):
+        atoms = Atoms("Cu2", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]], cell=np.eye(3) * 2.9, pbc=True)
+        atoms.positions += rng.normal(scale=0.05, size=(2, 3))
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
+                                           stress=atoms.get_stress())
+        cells.append(atoms)
+    ase.io.write(tmp_path / "bulk.extxyz", cells, format="extxyz")
+    common = dict(train=str(tmp_path / "bulk.extxyz"), scratch=True, backbone="tiny", cutoff=4.0, max_neighbors=8)
+    for targets, direct in ((["energy", "forces", "stress"], False), (["energy", "forces"], True)):
+        config = FinetuneConfig.from_dict(dict(common, targets=targets, direct_forces=direct))
+        dataset = DatasetSpec(config.train, targets, 4.0, 8).build()
+        model, _ = build_model(config, dataset)
+        batch, labels = collate([dataset[i] for i in range(4)])
+        model.train()
+        preds = model(batch, compute_stress="stress" in targets)
+        assert preds["forces"].shape == (8, 3)
+        loss, terms = compute_losses(preds, labels, {}, {})
+        assert set(terms) == set(targets)
+        loss.backward()
+        head = "forces" if direct else "energy"
+        assert model.heads[head].mlp[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="direct forces.*stress"):
+        FinetuneConfig.from_dict(dict(common, targets=["energy", "forces", "stress"], direct_forces=True))
