@@ -95,9 +95,14 @@ def batch_from_atoms(
                 prefix = f"structure {k}: " if len(atoms_list) > 1 else ""
                 raise ValueError(prefix + str(err)) from None
         graphs.append(structure_graphs(arr["positions"], cell, arr["pbc"], arr["tags"], s))
+    return assemble_batch(arrays, graphs, dtype)
+
+
+def assemble_batch(arrays: Sequence[dict], graphs: Sequence, dtype: torch.dtype = torch.float32) -> AtomsBatch:
+    """Concatenate per-structure arrays (see :func:`atoms_arrays`) and graphs into one batch;
+    the interaction indices are computed once for the whole batch."""
     natoms = [len(a["numbers"]) for a in arrays]
-    num_atoms = sum(natoms)
-    indices = interaction_indices(batch_graphs(graphs, natoms), num_atoms)
+    indices = interaction_indices(batch_graphs(list(graphs), natoms), sum(natoms))
     return AtomsBatch(
         numbers=torch.from_numpy(np.concatenate([a["numbers"] for a in arrays])),
         positions=torch.from_numpy(np.concatenate([a["positions"] for a in arrays])).to(dtype),

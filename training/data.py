@@ -30,9 +30,8 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from jmp_ase.batch import AtomsBatch, atoms_arrays
-from jmp_ase.graph import GraphSettings, StructureGraphs, batch_graphs, structure_graphs, validate_structure
-from jmp_ase.indices import interaction_indices
+from jmp_ase.batch import AtomsBatch, assemble_batch, atoms_arrays
+from jmp_ase.graph import GraphSettings, StructureGraphs, structure_graphs, validate_structure
 
 VECTOR_TARGETS = ("forces",)
 MATRIX_TARGETS = ("stress",)
@@ -474,19 +473,7 @@ def collate(samples: Sequence[GraphSample], dtype: torch.dtype = torch.float32) 
     """Samples -> (AtomsBatch, targets): energy (B,), forces (N, 3), stress (B, 3, 3), scalars (B,)."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
-    arrays = [s.arrays for s in samples]
-    natoms = [s.natoms for s in samples]
-    indices = interaction_indices(batch_graphs([s.graphs for s in samples], natoms), sum(natoms))
-    batch = AtomsBatch(
-        numbers=torch.from_numpy(np.concatenate([a["numbers"] for a in arrays])),
-        positions=torch.from_numpy(np.concatenate([a["positions"] for a in arrays])).to(dtype),
-        cell=torch.from_numpy(np.stack([a["cell"] for a in arrays])).to(dtype),
-        pbc=torch.from_numpy(np.stack([a["pbc"] for a in arrays])),
-        tags=torch.from_numpy(np.concatenate([a["tags"] for a in arrays])),
-        atom_batch=torch.repeat_interleave(torch.arange(len(natoms)), torch.tensor(natoms)),
-        natoms=torch.tensor(natoms),
-        indices=indices,
-    )
+    batch = assemble_batch([s.arrays for s in samples], [s.graphs for s in samples], dtype)
     targets = {}
     for name in samples[0].labels:
         values = [np.asarray(s.labels[name]) for s in samples]
