@@ -12,6 +12,8 @@ import dataclasses
 import numpy as np
 import torch
 from ase import Atoms
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
 
 from jmp_ase.config import tiny
 from jmp_ase.heads import HeadSpec
@@ -59,3 +61,19 @@ def triclinic_crystal(seed: int = 0, rattle: float = 0.05) -> Atoms:
     if rattle:
         atoms.positions += np.random.default_rng(seed).normal(scale=rattle, size=(len(atoms), 3))
     return atoms
+
+
+def emt_clusters(n: int, seed: int, gap: bool = True) -> list[Atoms]:
+    """Cu/Pt clusters of 3-4 atoms labelled with EMT, with a made-up graph-level 'gap'."""
+    rng = np.random.default_rng(seed)
+    grid = np.array([[0, 0, 0], [2.4, 0, 0], [0, 2.4, 0], [0, 0, 2.4]], dtype=float)
+    out = []
+    for k in range(n):
+        nat = 3 + k % 2
+        atoms = Atoms(rng.choice(["Cu", "Pt"], nat), positions=grid[:nat] + rng.normal(scale=0.12, size=(nat, 3)))
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        if gap:
+            atoms.info["gap"] = 1.0 + 0.3 * nat + 0.1 * rng.normal()
+        out.append(atoms)
+    return out

@@ -6,37 +6,16 @@ import types
 import ase.io
 import numpy as np
 import pytest
-import torch
 import yaml
-from ase import Atoms
-from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
 from click.testing import CliRunner
 
 from jmp_ase import __version__
+from models import emt_clusters
 from training.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other processes share the CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def write_clusters(path, n, seed):
-    rng = np.random.default_rng(seed)
-    grid = np.array([[0, 0, 0], [2.4, 0, 0], [0, 2.4, 0], [0, 0, 2.4]], dtype=float)
-    out = []
-    for k in range(n):
-        nat = 3 + k % 2
-        atoms = Atoms(rng.choice(["Cu", "Pt"], nat), positions=grid[:nat] + rng.normal(scale=0.12, size=(nat, 3)))
-        atoms.calc = EMT()
-        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
-        out.append(atoms)
-    ase.io.write(path, out, format="extxyz")
+    ase.io.write(path, emt_clusters(n, seed, gap=False), format="extxyz")
 
 
 @pytest.fixture(scope="module")

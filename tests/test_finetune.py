@@ -11,6 +11,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from jmp_ase.calculator import JMPCalculator
+from models import emt_clusters
 from jmp_ase.checkpoint import load_model
 from jmp_ase.config import tiny
 from jmp_ase.heads import HeadSpec
@@ -20,30 +21,6 @@ from training.finetune import (
     EMACallback, ErrorSums, FinetuneConfig, build_model, compute_losses, energy_loss, force_loss, run_finetune,
 )
 from training.schedules import WarmupCosineRLP, param_groups_with_llrd, warmup_cosine_factor
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other processes share the CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def emt_clusters(n, seed):
-    """Cu/Pt clusters of 3-4 atoms labelled with EMT, with a made-up graph-level 'gap'."""
-    rng = np.random.default_rng(seed)
-    grid = np.array([[0, 0, 0], [2.4, 0, 0], [0, 2.4, 0], [0, 0, 2.4]], dtype=float)
-    out = []
-    for k in range(n):
-        nat = 3 + k % 2
-        atoms = Atoms(rng.choice(["Cu", "Pt"], nat), positions=grid[:nat] + rng.normal(scale=0.12, size=(nat, 3)))
-        atoms.calc = EMT()
-        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
-        atoms.info["gap"] = 1.0 + 0.3 * nat + 0.1 * rng.normal()
-        out.append(atoms)
-    return out
 
 
 @pytest.fixture(scope="module")

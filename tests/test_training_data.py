@@ -18,14 +18,6 @@ from training.data import (
 SETTINGS = GraphSettings(cutoff=5.0, max_neighbors=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other processes share the CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def emt_structures(n=6, seed=0):
     """Small Cu/Pt clusters and one periodic cell, labelled with EMT (and a made-up gap)."""
