@@ -11,8 +11,10 @@ Velocity Verlet NVE (2 fs, 300 K start) of rattled fcc Cu cells of 20, 100, 1,00
 
 Every (model, size) runs in a fresh subprocess, so its peak resident memory
 (``ru_maxrss``) is its own; a run longer than --timeout seconds is stopped and larger
-sizes of that model are skipped. --memory-limit-gb caps the address space of each run
-(a too-large system fails with an out-of-memory error instead of swapping the machine).
+sizes of that model are skipped. --memory-limit-gb caps the address space of each run, so
+a too-large system fails with an out-of-memory error instead of exhausting the machine's
+memory (and the kernel's OOM killer picking a victim). The step time is the median over
+the timed steps (at least --min-steps after --warmup untimed ones).
 
     python benchmarks/md_speed.py --sizes 20,100,1000 --models small,jmp-s --threads 2
 """
@@ -23,6 +25,7 @@ import json
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -113,10 +116,11 @@ def worker(args) -> dict:
         start = time.perf_counter()
         dyn.run(args.warmup)
         warm = (time.perf_counter() - start) / args.warmup if args.warmup else first_call
-        steps = max(1, min(args.steps, int(args.target_seconds / max(warm, 1e-9))))
-        start = time.perf_counter()
+        steps = min(args.steps, max(args.min_steps, int(args.target_seconds / max(warm, 1e-9))))
+        stamps: list[float] = []
+        dyn.attach(lambda: stamps.append(time.perf_counter()))  # called before the first step and after each
         dyn.run(steps)
-        ms = 1000 * (time.perf_counter() - start) / steps
+        ms = 1000 * statistics.median(np.diff(stamps))
     return {
         "model": args.worker, "description": description, "atoms": len(atoms), "steps": steps,
         "ms_per_step": ms, "steps_per_s": 1000 / ms, "ms_per_atom": ms / len(atoms),
@@ -129,7 +133,8 @@ def worker(args) -> dict:
 def run_one(model: str, size: int, args) -> dict:
     """Run :func:`worker` in a fresh interpreter with a timeout."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", model, "--size", str(size),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--target-seconds", str(args.target_seconds),
+           "--steps", str(args.steps), "--min-steps", str(args.min_steps), "--warmup", str(args.warmup),
+           "--target-seconds", str(args.target_seconds),
            "--dtype", args.dtype, "--seed", str(args.seed), "--memory-limit-gb", str(args.memory_limit_gb)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -177,7 +182,8 @@ def main(argv=None) -> list[dict]:
                    help="timed MD steps at most (see --target-seconds); 0: time only the first force call")
     p.add_argument("--warmup", type=int, default=1, help="untimed MD steps after the first force call")
     p.add_argument("--target-seconds", type=float, default=20.0,
-                   help="fewer timed steps when a step is slow: about this many seconds, at least 1 step")
+                   help="fewer timed steps when a step is slow: about this many seconds, at least --min-steps")
+    p.add_argument("--min-steps", type=int, default=3, help="timed MD steps at least (unless --steps is less)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per (model, size) run")
     p.add_argument("--memory-limit-gb", type=float, default=12.0, help="address-space cap per run (0: none)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -202,7 +208,8 @@ def main(argv=None) -> list[dict]:
 
         torch.set_num_threads(args.threads)
     print(f"# machine: {machine()}")
-    print(f"# NVE velocity Verlet, rattled fcc Cu, {args.dtype}, energy + forces + stress per step; "
+    print(f"# NVE velocity Verlet, rattled fcc Cu, {args.dtype}, energy + forces + stress per step, "
+          f"median step time; "
           f"timeout {args.timeout:.0f} s and address-space cap {args.memory_limit_gb:g} GB per run")
     header = (f"{'model':<7} {'atoms':>6} {'steps':>5} {'ms/step':>10} {'steps/s':>9} {'ms/atom':>8} "
               f"{'1st call s':>10} {'RSS before MB':>13} {'peak RSS MB':>11}")

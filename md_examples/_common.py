@@ -28,7 +28,8 @@ from ase.io.trajectory import Trajectory  # noqa: E402
 MOLECULE_MODEL = "jmp-mini-aspirin"
 MATERIALS_MODEL = "jmp-mini-catalysis"
 
-# Low-energy aspirin geometry (Å, centre of mass at the origin), GFN1-xTB level.
+# Aspirin (Å, centre of mass at the origin): the lowest-energy frame of a GFN1-xTB thermal
+# (normal-mode) sample of aspirin, so close to, but not exactly at, a minimum.
 _ASPIRIN = [
     ("C", 3.1345, 1.0409, -1.0977), ("C", 2.1623, 0.3223, -0.2262), ("O", 2.0831, 0.2707, 0.9794),
     ("O", 1.1883, -0.2107, -1.0227), ("C", 0.0261, -0.7723, -0.5293), ("C", -0.1229, -2.1821, -0.5078),

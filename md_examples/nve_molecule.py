@@ -46,9 +46,9 @@ def main(argv=None) -> float:
         run.log(f"# energy drift: {drift:.3f} meV/atom/ps (linear fit over {t[-1]:.3f} ps); "
                 f"total energy range {spread:.3f} meV/atom")
         common.plot(run.png_path, t, "time (ps)", [
-            common.Panel("energy (eV)", {"total": etot - etot[0]}, hline=0.0),
-            common.Panel("energy (eV)", {"potential": epot - epot[0], "kinetic": ekin - ekin[0]}),
-        ], title=f"NVE {atoms.get_chemical_formula()}: drift {drift:.2f} meV/atom/ps (relative to step 0)")
+            common.Panel("total E - E(0) (eV)", {"total": etot - etot[0]}, hline=0.0),
+            common.Panel("E - E(0) (eV)", {"potential": epot - epot[0], "kinetic": ekin - ekin[0]}),
+        ], title=f"NVE {atoms.get_chemical_formula()}: energy drift {drift:.2f} meV/atom/ps")
         run.finish(args.steps)
     return drift
 

@@ -48,7 +48,8 @@ def main(argv=None) -> float:
         mean, std = float(np.mean(second_half)), float(np.std(second_half))
         run.log(f"# temperature over the second half: {mean:.1f} +- {std:.1f} K (target {args.temperature:g} K)")
         window = max(1, len(temp) // 20)
-        running = np.convolve(temp, np.ones(window) / window, mode="same")
+        kernel = np.ones(window)
+        running = np.convolve(temp, kernel, mode="same") / np.convolve(np.ones_like(temp), kernel, mode="same")
         common.plot(run.png_path, t, "time (ps)", [
             common.Panel("temperature (K)", {"instantaneous": temp, f"running mean ({window} steps)": running},
                          hline=args.temperature),
