@@ -50,6 +50,12 @@ def molecule(name: str = "aspirin") -> Atoms:
     return ase_molecule(name)
 
 
+def add_md_options(p: argparse.ArgumentParser, timestep: float) -> None:
+    """Time step (fs) and output interval, shared by the MD examples."""
+    p.add_argument("--timestep", type=float, default=timestep, help="time step (fs)")
+    p.add_argument("--interval", type=int, default=1, help="write the trajectory and log every N steps")
+
+
 def parser(name: str, description: str | None, model: str, steps: int, steps_help: str) -> argparse.ArgumentParser:
     """The options every example has; the script adds its own."""
     p = argparse.ArgumentParser(

@@ -42,8 +42,7 @@ def main(argv=None) -> float:
     p.add_argument("--temperature", type=float, default=300.0, help="temperature (K)")
     p.add_argument("--pressure", type=float, default=0.0, help="external pressure (GPa)")
     p.add_argument("--barostat", choices=["berendsen", "mtk"], default="berendsen", help="NPT integrator")
-    p.add_argument("--timestep", type=float, default=2.0, help="time step (fs)")
-    p.add_argument("--interval", type=int, default=1, help="write the trajectory and log every N steps")
+    common.add_md_options(p, timestep=2.0)
     args = p.parse_args(argv)
 
     with common.Run(NAME, args) as run:

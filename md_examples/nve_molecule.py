@@ -19,8 +19,7 @@ def main(argv=None) -> float:
     p = common.parser(NAME, __doc__, common.MOLECULE_MODEL, 200, "MD steps")
     p.add_argument("--molecule", default="aspirin", help="aspirin or a name known to ase.build.molecule")
     p.add_argument("--temperature", type=float, default=300.0, help="initial temperature (K)")
-    p.add_argument("--timestep", type=float, default=0.5, help="time step (fs)")
-    p.add_argument("--interval", type=int, default=1, help="write the trajectory and log every N steps")
+    common.add_md_options(p, timestep=0.5)
     args = p.parse_args(argv)
 
     with common.Run(NAME, args) as run:

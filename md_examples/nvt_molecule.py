@@ -23,8 +23,7 @@ def main(argv=None) -> float:
     p.add_argument("--temperature", type=float, default=300.0, help="thermostat temperature (K)")
     p.add_argument("--start-temperature", type=float, default=0.0, help="initial temperature (K)")
     p.add_argument("--friction", type=float, default=0.02, help="Langevin friction (1/fs)")
-    p.add_argument("--timestep", type=float, default=0.5, help="time step (fs)")
-    p.add_argument("--interval", type=int, default=1, help="write the trajectory and log every N steps")
+    common.add_md_options(p, timestep=0.5)
     args = p.parse_args(argv)
 
     with common.Run(NAME, args) as run:
