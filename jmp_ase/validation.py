@@ -6,6 +6,8 @@ import torch
 
 from .neighbors import as_cell, as_pbc, as_positions, periodic_cell_problem, vesin_pairs
 
+_MIN_SEARCH_RADIUS = 1.0  # Å
+
 
 def _symbol(z: int) -> str:
     from ase.data import chemical_symbols
@@ -79,7 +81,10 @@ def validate_structure(
 
     if pos.shape[0] == 0 or min_distance <= 0:
         return
-    i, j, shifts, dist = vesin_pairs(pos, cell_arr, pbc_arr, float(min_distance), full=False)
+    # A cell list with bins of min_distance (0.1 Å) is very slow for a tiny search radius:
+    # search at least 1 Å and keep the close pairs.
+    search = max(float(min_distance), _MIN_SEARCH_RADIUS)
+    i, j, shifts, dist = vesin_pairs(pos, cell_arr, pbc_arr, search, full=False)
     close = dist < min_distance
     if np.any(close):
         i, j, shifts, dist = i[close], j[close], shifts[close], dist[close]
