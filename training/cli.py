@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import click
@@ -115,12 +116,12 @@ def parity_plot(path, errors, targets, units) -> None:
 @click.argument("model")
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--out", type=click.Path(file_okay=False), default="evaluation", show_default=True,
-              help="Folder for predictions.csv and parity.png.")
+              help="Folder for metrics.json, predictions.csv and parity.png.")
 @click.option("--targets", help="Comma-separated targets (default: all the model predicts and the data has).")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 def evaluate(model, data, out, targets, batch_size, device):
-    """Errors of MODEL (a model file or shipped name) on DATA; writes a CSV and a parity plot."""
+    """Errors of MODEL (a model file or shipped name) on DATA; writes metrics.json, a CSV and a parity plot."""
     from jmp_ase.checkpoint import load_model
 
     from .data import DatasetSpec, available_labels, read_structures
@@ -149,6 +150,9 @@ def evaluate(model, data, out, targets, batch_size, device):
                    f"RMSE {physical(t, metrics[f'{t}_rmse'], units)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"model": str(model), "data": str(data), "structures": len(dataset),
+                                                  "units": "eV, eV/Å, eV/Å³ (graph labels: their own)",
+                                                  **{k: float(v) for k, v in metrics.items()}}, indent=1))
     write_predictions(out / "predictions.csv", errors, names)
     parity_plot(out / "parity.png", errors, names, units)
     click.echo(f"wrote {out / 'predictions.csv'} and {out / 'parity.png'}")

@@ -35,6 +35,7 @@ from jmp_ase.heads import HeadSpec
 from jmp_ase.model import FineTunedModel, ModelConfig, _resolve_config, load_jmp_pretrained
 
 from .data import DatasetSpec, collate, dataset_statistics, fit_element_references, split_by_fraction
+from .scaling import fit_scale_factors
 from .schedules import WarmupCosineRLP, param_groups_with_llrd
 
 FORCE_LIKE = ("energy", "forces", "stress")
@@ -75,6 +76,7 @@ class FinetuneConfig:
     min_lr: float = 1e-8  # training stops when every rate is below this
     early_stopping_patience: int = 50
     early_stopping_min_delta: float = 1e-8
+    scale_fit_batches: int = 8  # scratch only: fit the ScaleFactors on this many training batches (0: off)
     ema_decay: float = 0.99
     max_epochs: int = 100
     batch_size: int = 4
@@ -307,6 +309,9 @@ class FinetuneModule(L.LightningModule):
         self.best = {"val_loss": math.inf, "epoch": -1}
         self._train, self._val, self._val_metrics = ErrorSums(), ErrorSums(), {}
 
+    def on_fit_start(self):
+        self._fit_start = time.perf_counter()  # wall time of the run so far, logged per epoch
+
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         atoms_batch, targets = batch
         return atoms_batch.to(device), {k: v.to(device) for k, v in targets.items()}
@@ -353,7 +358,8 @@ class FinetuneModule(L.LightningModule):
 
     def on_train_epoch_end(self):
         row = {"epoch": self.current_epoch, **self._synced(self._train).metrics(self.weights, self.scales, "train_"),
-               **self._val_metrics, "lr": max(g["lr"] for g in self.optimizers().param_groups)}
+               **self._val_metrics, "lr": max(g["lr"] for g in self.optimizers().param_groups),
+               "elapsed_s": round(time.perf_counter() - self._fit_start, 2)}
         self._train, self._val_metrics = ErrorSums(), {}
         path = Path(self.config.out) / "metrics.csv"
         if self.trainer.is_global_zero:
@@ -446,6 +452,14 @@ def predict_dataset(model: FineTunedModel, dataset, batch_size: int = 16, device
     return errors
 
 
+def fit_scratch_scales(model: FineTunedModel, train_set, config: FinetuneConfig) -> None:
+    """Fit the ScaleFactors of a randomly initialised backbone on the first training batches,
+    as pre-training does before it starts (GemNet-OC trains poorly with all factors at 1)."""
+    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=False, collate_fn=collate)
+    batches = [atoms_batch for (atoms_batch, _), _ in zip(loader, range(config.scale_fit_batches))]
+    fit_scale_factors(model, batches, lambda m, b: m(b, compute_forces=False))
+
+
 def run_finetune(config: FinetuneConfig | dict) -> dict:
     """Fine-tune as configured; returns a summary (best epoch, metrics, files)."""
     if isinstance(config, dict):
@@ -468,6 +482,8 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
     batch_size = config.batch_size
     train_loader = _loader(datasets["train"], batch_size, True, config)
     val_loader = _loader(datasets["val"], config.eval_batch_size or batch_size, False, config)
+    if model.model_config.provenance.get("parent") == "scratch" and config.scale_fit_batches and not config.resume:
+        fit_scratch_scales(model, datasets["train"], config)
     module = FinetuneModule(model, config, scales, len(train_loader), provenance)
     callbacks = [
         EMACallback(config.ema_decay),
