@@ -73,27 +73,38 @@ class JMPCalculator(Calculator):
         self.implemented_properties = list(model.implemented_properties)
 
     @classmethod
-    def from_jmp_checkpoint(cls, path, head: int | str = 0, ema: bool = False, cutoff: float = 12.0,
-                            max_neighbors: int = 30, config=None, *, energy_scale: float = 1.0,
-                            energy_shift: float = 0.0, force_scale: float = 1.0,
+    def from_jmp_checkpoint(cls, path, head: int | str = 0, ema: bool = False, cutoff: float | None = None,
+                            max_neighbors: int | None = None, config=None, *, energy_scale: float | None = None,
+                            energy_shift: float = 0.0, force_scale: float | None = None,
                             element_references: dict[int, float] | None = None,
                             device: str = "cpu", dtype: str = "float32") -> "JMPCalculator":
-        """Calculator on pre-training head ``head`` (index or task name) of an original JMP checkpoint.
+        """Calculator on pre-training head ``head`` (index or task name) of a pre-trained checkpoint:
+        an original JMP file (``jmp-s.pt``), a ``pretrain.ckpt`` or a shipped name (``jmp-mini``).
 
-        Energy = sum over atoms of that energy head, forces = its direct-force head, in the
-        checkpoint's normalised units unless ``energy_scale``/``energy_shift``/``force_scale``/
-        ``element_references`` (eV per element) are given. ``config`` may be ``"jmp-s"``,
-        ``"jmp-l"``, a dict or a BackboneConfig; by default it is inferred from the tensors.
+        Energy = sum over atoms of that energy head, forces = its direct-force head. Files
+        written by jmp-ase state each head's graph settings and normalisation, so their
+        predictions come out in eV and eV/Å. JMP's own files do not: there the defaults are
+        12 Å / 30 neighbours and normalised units unless ``energy_scale``/``energy_shift``/
+        ``force_scale``/``element_references`` (eV per element) are given. ``config`` may be
+        ``"jmp-s"``, ``"jmp-l"``, a dict or a BackboneConfig; by default it comes from the file.
         """
         from .model import load_jmp_pretrained
         from .predictors import PretrainHeadPredictor
 
         model, names = load_jmp_pretrained(path, ema=ema, config=config)
         task = _head_index(head, names, len(model.output.out_energy))
+        info = model.task_info[task] if model.task_info else {}
+
+        def given_or_file(value, key, default):
+            return value if value is not None else info.get(key, default)
+
+        settings = GraphSettings(cutoff=given_or_file(cutoff, "cutoff", 12.0),
+                                 max_neighbors=given_or_file(max_neighbors, "max_neighbors", 30),
+                                 qint_tags=model.config.qint_tags)
         predictor = PretrainHeadPredictor(
-            model, task, GraphSettings(cutoff=cutoff, max_neighbors=max_neighbors, qint_tags=model.config.qint_tags),
-            energy_scale=energy_scale, energy_shift=energy_shift, force_scale=force_scale,
-            element_references=element_references,
+            model, task, settings, energy_scale=given_or_file(energy_scale, "energy_std", 1.0),
+            energy_shift=energy_shift, force_scale=given_or_file(force_scale, "force_rms", 1.0),
+            element_references=given_or_file(element_references, "element_references", None),
         )
         return cls(predictor, device=device, dtype=dtype)
 

@@ -52,6 +52,12 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
     )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
     path = Path(path)
@@ -60,6 +66,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -205,6 +212,32 @@ def load_model(model: str | os.PathLike) -> FineTunedModel:
     return model_from_dict(_read(path), str(path))
 
 
+def _pretrain_heads(content) -> list[str] | None:
+    """Head names of a pre-trained checkpoint written by jmp-ase (``jmp-mini``), else None."""
+    hparams = content.get("hyper_parameters") if isinstance(content, dict) else None
+    if isinstance(hparams, dict) and hparams.get("format") == "jmp-ase-pretrain":
+        return [str(t.get("name")) for t in hparams.get("tasks", [])]
+    return None
+
+
 def load_predictor(model: str | os.PathLike) -> FineTunedModel:
     """What :class:`~jmp_ase.calculator.JMPCalculator` runs for a path or model name."""
-    return load_model(model)
+    path = resolve_model_path(model)
+    content = _read(path)
+    heads = _pretrain_heads(content)
+    if heads is not None:
+        raise ValueError(
+            f"{model}: a pre-trained backbone with one head per pre-training data set {heads}, not a "
+            f"fine-tuned model; use JMPCalculator.from_jmp_checkpoint({str(model)!r}, head={heads[0]!r}) "
+            "or fine-tune it (jmp-train finetune --pretrained ...)")
+    return model_from_dict(content, str(path))
+
+
+def model_provenance(model: str | os.PathLike) -> dict:
+    """How a model file, shipped model or jmp-ase pre-trained checkpoint was made (data, recipe,
+    test errors); empty for files that do not say."""
+    path = resolve_model_path(model)
+    content = _read(path)
+    if _pretrain_heads(content) is not None:
+        return dict(content.get("jmp_ase_provenance") or {})
+    return dict(check_content(content, str(path))["config"].get("provenance") or {})

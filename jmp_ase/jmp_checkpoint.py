@@ -68,6 +68,9 @@ class JMPCheckpoint:
     task_names: list[str] | None
     source: str
     ema: bool
+    declared_backbone: dict | None = None
+    declared_tasks: list | None = None  # jmp-ase pre-training: per head name, graph settings, normalisation
+    provenance: dict | None = None  # jmp-ase shipped pre-trained models: how the file was made
 
     @property
     def num_tasks(self) -> int:
@@ -75,8 +78,22 @@ class JMPCheckpoint:
         return len(self.energy_heads)
 
     def backbone_config(self) -> BackboneConfig:
-        """Backbone sizes inferred from the tensor shapes (see :func:`infer_backbone_config`)."""
-        return infer_backbone_config(self.backbone, self.atom_embedding)
+        """Backbone sizes inferred from the tensor shapes (see :func:`infer_backbone_config`).
+
+        A file written by jmp-ase's pre-training also declares its config (``hyper_parameters
+        ["backbone"]``), including what leaves no trace in the shapes (rbf cutoff, envelope,
+        qint tags); that config is returned after checking it against the shapes.
+        """
+        inferred = infer_backbone_config(self.backbone, self.atom_embedding)
+        if self.declared_backbone is None:
+            return inferred
+        declared = BackboneConfig.from_dict(dict(self.declared_backbone))
+        mismatched = {f: (getattr(declared, f), getattr(inferred, f)) for f in SHAPE_FIELDS
+                      if getattr(declared, f) != getattr(inferred, f)}
+        if mismatched:
+            raise ValueError(f"{self.source}: the declared backbone config does not fit the tensors "
+                             f"(field: (declared, from shapes)): {mismatched}")
+        return declared
 
 
 _EMA_SKIP_SUFFIXES = ("rbf.offset", "rbf.temps", "scale_factor")
@@ -275,7 +292,28 @@ def read_jmp_checkpoint(path: str | os.PathLike, ema: bool = False) -> JMPCheckp
         task_names=task_names,
         source=source,
         ema=ema,
+        declared_backbone=_declared_backbone(checkpoint.get("hyper_parameters")),
+        declared_tasks=_declared_tasks(checkpoint.get("hyper_parameters")),
+        provenance=dict(checkpoint["jmp_ase_provenance"]) if isinstance(checkpoint.get("jmp_ase_provenance"),
+                                                                          Mapping) else None,
     )
+
+
+def _declared_tasks(hparams) -> list | None:
+    """``hyper_parameters["tasks"]`` of a jmp-ase ``pretrain.ckpt`` (one dict per head), else None."""
+    if isinstance(hparams, Mapping) and hparams.get("format") == "jmp-ase-pretrain":
+        tasks = hparams.get("tasks")
+        if isinstance(tasks, (list, tuple)) and all(isinstance(t, Mapping) for t in tasks):
+            return [dict(t) for t in tasks]
+    return None
+
+
+def _declared_backbone(hparams) -> dict | None:
+    """``hyper_parameters["backbone"]`` of a jmp-ase ``pretrain.ckpt`` (plain dict), else None."""
+    if isinstance(hparams, Mapping) and hparams.get("format") == "jmp-ase-pretrain":
+        backbone = hparams.get("backbone")
+        return dict(backbone) if isinstance(backbone, Mapping) else None
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -294,6 +332,14 @@ def _count(keys: Iterable[str], prefix: str, residual_only: bool = False) -> int
             continue
         found.add(int(index))
     return len(found)
+
+
+# Fields of BackboneConfig that the tensor shapes determine.
+SHAPE_FIELDS = ("num_spherical", "num_radial", "num_blocks", "emb_size_atom", "emb_size_edge", "emb_size_trip_in",
+                "emb_size_trip_out", "emb_size_quad_in", "emb_size_quad_out", "emb_size_aint_in",
+                "emb_size_aint_out", "emb_size_rbf", "emb_size_cbf", "emb_size_sbf", "num_before_skip",
+                "num_after_skip", "num_concat", "num_atom", "num_output_afteratom", "num_atom_emb_layers",
+                "num_global_out_layers", "num_elements")
 
 
 def infer_backbone_config(

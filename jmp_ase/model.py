@@ -55,6 +55,9 @@ class JMPPretrainedModel(JMPBackboneModel):
     def __init__(self, config: BackboneConfig, num_tasks: int, num_mlps: int = 2):
         super().__init__(config)
         self.output = PretrainOutput(config.emb_size_atom, config.emb_size_edge, num_tasks, num_mlps, config.activation)
+        # Set by load_jmp_pretrained from files written by jmp-ase (None for JMP's own files):
+        self.task_info: list[dict] | None = None  # per head: name, cutoff, max_neighbors, normalisation
+        self.provenance: dict | None = None
 
     def forward(self, batch: AtomsBatch, task: int = 0):
         """Energy (B,) and direct forces (N, 3) of pre-training head ``task`` (normalised units)."""
@@ -78,7 +81,8 @@ def _resolve_config(config, inferred: BackboneConfig) -> BackboneConfig:
 
 
 def load_jmp_pretrained(path, ema: bool = False, config=None) -> tuple[JMPPretrainedModel, list[str] | None]:
-    """Build :class:`JMPPretrainedModel` from an original JMP checkpoint (``jmp-s.pt``, ...).
+    """Build :class:`JMPPretrainedModel` from an original JMP checkpoint (``jmp-s.pt``, ...),
+    a ``pretrain.ckpt`` of ``jmp-train pretrain`` or a shipped pre-trained model name (``jmp-mini``).
 
     Tensors are read without executing foreign code (:mod:`jmp_ase.jmp_checkpoint`).
     Returns the model (eval mode) and the pre-training task names if the file has them.
@@ -86,7 +90,9 @@ def load_jmp_pretrained(path, ema: bool = False, config=None) -> tuple[JMPPretra
     """
     from .jmp_checkpoint import read_jmp_checkpoint
 
-    ckpt = read_jmp_checkpoint(path, ema=ema)
+    from .checkpoint import resolve_model_path
+
+    ckpt = read_jmp_checkpoint(resolve_model_path(path), ema=ema)
     cfg = _resolve_config(config, ckpt.backbone_config())
     num_mlps = len([k for k in ckpt.energy_heads[0] if k.endswith("weight")]) if ckpt.energy_heads else 2
     model = JMPPretrainedModel(cfg, max(ckpt.num_tasks, 1), num_mlps=num_mlps)
@@ -99,6 +105,7 @@ def load_jmp_pretrained(path, ema: bool = False, config=None) -> tuple[JMPPretra
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path}: the checkpoint does not fit backbone config {cfg}:\n{err}") from None
+    model.task_info, model.provenance = ckpt.declared_tasks, ckpt.provenance
     return model.eval(), ckpt.task_names
 
 

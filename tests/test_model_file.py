@@ -156,3 +156,17 @@ def test_config_round_trip_and_validation(saved):
         ModelConfig(config.backbone, [HeadSpec("energy"), HeadSpec("stress", "scalar")])
     with pytest.raises(ValueError, match="outside 1..120"):
         ModelConfig(config.backbone, [HeadSpec("energy")], elements=[0, 1])
+
+
+def test_saved_file_has_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from jmp_ase.checkpoint import atomic_torch_save
+
+    mask = os.umask(0o022)
+    try:
+        atomic_torch_save({"x": 1}, tmp_path / "m.ckpt")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "m.ckpt").stat().st_mode) == 0o644

@@ -307,22 +307,27 @@ def export_pretrained(module: PretrainModule, ema: EMA | None, path, trainer: pl
     atomic_torch_save(content, path)
 
 
+def pretrained_provenance(content: dict, extra: dict | None = None) -> dict:
+    """What a ``pretrain.ckpt`` was trained on and how (plain containers), plus ``extra``."""
+    hp = content["hyper_parameters"]
+    datasets = [{k: t[k] for k in ("name", "cutoff", "max_neighbors", "num_structures", "mean_natoms",
+                                   "energy_std", "force_rms") if k in t} for t in hp["tasks"]]
+    return {"kind": "jmp-ase pre-trained backbone with one energy and one direct-force head per data set",
+            "datasets": datasets, "steps": int(content.get("global_step", 0)), "batch_size": hp.get("batch_size"),
+            "temperature": hp.get("temperature"), "optim": hp.get("optim"), "seed": hp.get("seed"),
+            "ema_in_file": bool(content.get("optimizer_states")), **(extra or {})}
+
+
 def pretrained_calculator(path, task: str | int = 0, ema: bool = True, **kwargs):
-    """A :class:`~jmp_ase.calculator.JMPCalculator` on one head of a ``pretrain.ckpt``,
-    de-normalised to eV / eV/Å with the file's references and statistics."""
+    """A :class:`~jmp_ase.calculator.JMPCalculator` on one head of a ``pretrain.ckpt`` (eV, eV/Å:
+    the file states each head's references and statistics)."""
     from jmp_ase.calculator import JMPCalculator
 
-    hp = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
-    names = [t["name"] for t in hp["tasks"]]
-    info = hp["tasks"][names.index(task) if isinstance(task, str) else int(task)]
-    return JMPCalculator.from_jmp_checkpoint(
-        path, head=info["name"], ema=ema, cutoff=info["cutoff"], max_neighbors=info["max_neighbors"],
-        energy_scale=info["energy_std"], force_scale=info["force_rms"],
-        element_references=info["element_references"], **kwargs)
+    return JMPCalculator.from_jmp_checkpoint(path, head=task, ema=ema, **kwargs)
 
 
 def run_pretrain(config: dict, resume: bool | None = None) -> Path:
-    """Pre-train as configured (see :data:`DEFAULTS` and ``configs/pretrain-mini.yaml``).
+    """Pre-train as configured (see :data:`DEFAULTS` and ``benchmarks/mini_jmp/pretrain.yaml``).
 
     ``resume=True`` continues from ``out_dir/last.ckpt`` (killed runs included) with the
     same optimiser, scheduler, EMA, data position and RNG state; without a checkpoint it
