@@ -217,6 +217,18 @@ def test_finetune_from_scratch_scalar_target(data_dir, tmp_path):
     assert [h.name for h in model.model_config.heads] == ["gap"]
     assert model.model_config.provenance["parent"] == "scratch"
     assert "gap: MAE" in summary["text"]
+    # scratch runs fit the ScaleFactors on training batches first (a fresh model has them all at 1)
+    factors = [float(v) for k, v in model.state_dict().items() if k.endswith("scale_factor")]
+    assert factors and not np.allclose(factors, 1.0)
+    with open(summary["metrics_csv"]) as f:
+        elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(f)]
+    assert len(elapsed) == 1 and elapsed[0] > 0
+
+
+def test_cutoff_beyond_radial_basis_is_refused(data_dir, tmp_path):
+    backbone = {**tiny().to_dict(), "absolute_rbf_cutoff": 3.0}
+    with pytest.raises(ValueError, match="exceeds the backbone's radial-basis cutoff"):
+        run_finetune(base_config(data_dir, tmp_path / "x", scratch=True, backbone=backbone, cutoff=4.0))
 
 
 def test_config_errors(data_dir, tmp_path):

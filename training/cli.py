@@ -171,5 +171,22 @@ def pretrain(config, resume):
     click.echo(f"wrote {run_pretrain(settings, resume=resume or None)}")
 
 
+@main.command()
+@click.argument("model", required=False)
+def info(model):
+    """How MODEL (a model file, pre-trained checkpoint or shipped name) was made: data, recipe,
+    test errors. Without MODEL: the names of the shipped models."""
+    from jmp_ase.checkpoint import model_provenance, shipped_models
+
+    if model is None:
+        click.echo("shipped models: " + ", ".join(shipped_models()))
+        return
+    try:
+        provenance = model_provenance(model)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(json.dumps(provenance, indent=1, default=str) if provenance else f"{model}: no provenance recorded")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

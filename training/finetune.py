@@ -186,7 +186,10 @@ def load_parent(pretrained: str | None, ema: bool = False) -> tuple[BackboneConf
         model, _ = load_jmp_pretrained(path, ema=ema)
         kind = "JMP checkpoint (EMA weights)" if ema else "JMP checkpoint"
     state = {k: v for k, v in model.state_dict().items() if k.split(".")[0] in ("embedding", "backbone")}
-    return model.config, state, {"parent": str(pretrained), "parent_path": str(path), "parent_kind": kind}
+    # Dropout and edge dropout are pre-training regularisers (JMP fine-tunes without them); with
+    # edge_dropout kept, training would rescale edges that the fine-tuning data never drops.
+    backbone = dataclasses.replace(model.config, dropout=None, edge_dropout=None)
+    return backbone, state, {"parent": str(pretrained), "parent_path": str(path), "parent_kind": kind}
 
 
 def build_heads(config: FinetuneConfig, stats: dict, references: dict) -> list[HeadSpec]:
@@ -240,6 +243,10 @@ def build_model(config: FinetuneConfig, train_set) -> tuple[FineTunedModel, dict
         backbone, state = _resolve_config(config.backbone or "jmp-s", None), None
     else:
         backbone, state, provenance = load_parent(config.pretrained, config.ema)
+    if config.cutoff > backbone.absolute_rbf_cutoff:
+        raise ValueError(f"cutoff {config.cutoff} Å exceeds the backbone's radial-basis cutoff "
+                         f"{backbone.absolute_rbf_cutoff} Å (absolute_rbf_cutoff): edges beyond it would "
+                         f"carry nothing but cost time; use cutoff <= {backbone.absolute_rbf_cutoff}")
     model_config = ModelConfig(backbone, build_heads(config, stats, references), cutoff=config.cutoff,
                                max_neighbors=config.max_neighbors, elements=elements, provenance=provenance)
     model = FineTunedModel(model_config)
