@@ -267,3 +267,19 @@ def test_direct_forces_and_stress_heads_train(tmp_path):
         assert model.heads[head].mlp[0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="direct forces.*stress"):
         FinetuneConfig.from_dict(dict(common, targets=["energy", "forces", "stress"], direct_forces=True))
+
+
+def test_scratch_takes_the_parents_architecture_not_its_weights(data_dir, reference_dir):
+    from training.finetune import load_parent
+
+    parent = str(reference_dir / "jmp-tiny-pretrain.ckpt")
+    config = FinetuneConfig.from_dict(dict(base_config(data_dir, "unused"), pretrained=parent, scratch=True))
+    dataset = DatasetSpec(config.train, config.targets, 4.0, 8).build()
+    model, _ = build_model(config, dataset)
+    backbone, state, _ = load_parent(parent)
+    assert model.model_config.backbone == backbone
+    assert model.model_config.provenance == {"parent": "scratch", "architecture_of": parent}
+    ours = model.state_dict()
+    assert set(state) <= set(ours)
+    weights = [k for k in state if k.endswith("weight")]
+    assert weights and all(not torch.equal(ours[k], state[k]) for k in weights)
