@@ -214,10 +214,10 @@ def load_model(model: str | os.PathLike) -> FineTunedModel:
 
 def _pretrain_heads(content) -> list[str] | None:
     """Head names of a pre-trained checkpoint written by jmp-ase (``jmp-mini``), else None."""
-    hparams = content.get("hyper_parameters") if isinstance(content, dict) else None
-    if isinstance(hparams, dict) and hparams.get("format") == "jmp-ase-pretrain":
-        return [str(t.get("name")) for t in hparams.get("tasks", [])]
-    return None
+    from .jmp_checkpoint import jmp_ase_hparams
+
+    hparams = jmp_ase_hparams(content.get("hyper_parameters") if isinstance(content, dict) else None)
+    return None if hparams is None else [str(t.get("name")) for t in hparams.get("tasks", [])]
 
 
 def load_predictor(model: str | os.PathLike) -> FineTunedModel:

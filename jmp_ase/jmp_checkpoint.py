@@ -68,9 +68,8 @@ class JMPCheckpoint:
     task_names: list[str] | None
     source: str
     ema: bool
-    declared_backbone: dict | None = None
+    declared_backbone: dict | None = None  # jmp-ase pre-training: the full backbone config
     declared_tasks: list | None = None  # jmp-ase pre-training: per head name, graph settings, normalisation
-    provenance: dict | None = None  # jmp-ase shipped pre-trained models: how the file was made
 
     @property
     def num_tasks(self) -> int:
@@ -96,6 +95,7 @@ class JMPCheckpoint:
         return declared
 
 
+PRETRAIN_FORMAT = "jmp-ase-pretrain"  # hyper_parameters["format"] of jmp-train pretrain's files
 _EMA_SKIP_SUFFIXES = ("rbf.offset", "rbf.temps", "scale_factor")
 
 
@@ -292,28 +292,24 @@ def read_jmp_checkpoint(path: str | os.PathLike, ema: bool = False) -> JMPCheckp
         task_names=task_names,
         source=source,
         ema=ema,
-        declared_backbone=_declared_backbone(checkpoint.get("hyper_parameters")),
-        declared_tasks=_declared_tasks(checkpoint.get("hyper_parameters")),
-        provenance=dict(checkpoint["jmp_ase_provenance"]) if isinstance(checkpoint.get("jmp_ase_provenance"),
-                                                                          Mapping) else None,
+        **_declared(checkpoint.get("hyper_parameters")),
     )
 
 
-def _declared_tasks(hparams) -> list | None:
-    """``hyper_parameters["tasks"]`` of a jmp-ase ``pretrain.ckpt`` (one dict per head), else None."""
-    if isinstance(hparams, Mapping) and hparams.get("format") == "jmp-ase-pretrain":
-        tasks = hparams.get("tasks")
-        if isinstance(tasks, (list, tuple)) and all(isinstance(t, Mapping) for t in tasks):
-            return [dict(t) for t in tasks]
+def jmp_ase_hparams(hparams) -> Mapping | None:
+    """``hyper_parameters`` of a checkpoint written by jmp-ase's pre-training, else None."""
+    if isinstance(hparams, Mapping) and hparams.get("format") == PRETRAIN_FORMAT:
+        return hparams
     return None
 
 
-def _declared_backbone(hparams) -> dict | None:
-    """``hyper_parameters["backbone"]`` of a jmp-ase ``pretrain.ckpt`` (plain dict), else None."""
-    if isinstance(hparams, Mapping) and hparams.get("format") == "jmp-ase-pretrain":
-        backbone = hparams.get("backbone")
-        return dict(backbone) if isinstance(backbone, Mapping) else None
-    return None
+def _declared(hparams) -> dict:
+    """The backbone config and per-head task info a jmp-ase ``pretrain.ckpt`` declares."""
+    hparams = jmp_ase_hparams(hparams) or {}
+    backbone, tasks = hparams.get("backbone"), hparams.get("tasks")
+    valid_tasks = isinstance(tasks, (list, tuple)) and all(isinstance(t, Mapping) for t in tasks)
+    return {"declared_backbone": dict(backbone) if isinstance(backbone, Mapping) else None,
+            "declared_tasks": [dict(t) for t in tasks] if valid_tasks else None}
 
 
 # --------------------------------------------------------------------------

@@ -55,9 +55,9 @@ class JMPPretrainedModel(JMPBackboneModel):
     def __init__(self, config: BackboneConfig, num_tasks: int, num_mlps: int = 2):
         super().__init__(config)
         self.output = PretrainOutput(config.emb_size_atom, config.emb_size_edge, num_tasks, num_mlps, config.activation)
-        # Set by load_jmp_pretrained from files written by jmp-ase (None for JMP's own files):
-        self.task_info: list[dict] | None = None  # per head: name, cutoff, max_neighbors, normalisation
-        self.provenance: dict | None = None
+        # Per head: name, cutoff, max_neighbors, normalisation. Set by load_jmp_pretrained from
+        # files written by jmp-ase; None for JMP's own files, which do not say.
+        self.task_info: list[dict] | None = None
 
     def forward(self, batch: AtomsBatch, task: int = 0):
         """Energy (B,) and direct forces (N, 3) of pre-training head ``task`` (normalised units)."""
@@ -88,9 +88,8 @@ def load_jmp_pretrained(path, ema: bool = False, config=None) -> tuple[JMPPretra
     Returns the model (eval mode) and the pre-training task names if the file has them.
     Raises ``ValueError`` when ``config`` does not fit the file's tensors.
     """
-    from .jmp_checkpoint import read_jmp_checkpoint
-
     from .checkpoint import resolve_model_path
+    from .jmp_checkpoint import read_jmp_checkpoint
 
     ckpt = read_jmp_checkpoint(resolve_model_path(path), ema=ema)
     cfg = _resolve_config(config, ckpt.backbone_config())
@@ -105,7 +104,7 @@ def load_jmp_pretrained(path, ema: bool = False, config=None) -> tuple[JMPPretra
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path}: the checkpoint does not fit backbone config {cfg}:\n{err}") from None
-    model.task_info, model.provenance = ckpt.declared_tasks, ckpt.provenance
+    model.task_info = ckpt.declared_tasks
     return model.eval(), ckpt.task_names
 
 

@@ -35,6 +35,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from jmp_ase.checkpoint import atomic_torch_save
 from jmp_ase.config import BackboneConfig, named_config
 from jmp_ase.heads import direct_forces, sum_per_structure
+from jmp_ase.jmp_checkpoint import PRETRAIN_FORMAT
 from jmp_ase.model import JMPPretrainedModel
 from . import pretrain_data as D
 from .ema import EMA
@@ -349,7 +350,7 @@ def run_pretrain(config: dict, resume: bool | None = None) -> Path:
     t, tc = cfg["trainer"], cfg["data"]
     hparams = {"backbone": bb.to_dict(), "num_mlps": cfg["model"]["num_mlps"], "tasks": data.task_info,
                "optim": cfg["optim"], "temperature": tc["temperature"], "batch_size": tc["batch_size"],
-               "seed": cfg["seed"], "format": "jmp-ase-pretrain"}
+               "seed": cfg["seed"], "format": PRETRAIN_FORMAT}
     module = PretrainModule(hparams, data)
     if ckpt_path is None and (cfg["scale_fit"] or {}).get("enabled"):
         fit_scale_factors(module, data.scale_fit_batches(cfg["scale_fit"]["num_batches"]),

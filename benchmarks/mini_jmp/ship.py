@@ -24,6 +24,8 @@ from pathlib import Path
 import ase.io
 import torch
 
+from jmp_ase.evaluation import labelled_errors
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SLICE = 20
@@ -37,12 +39,6 @@ def test_slice(data: Path, dataset: str, test_data: Path) -> tuple[list, Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     ase.io.write(path, structures, format="extxyz")
     return structures, path
-
-
-def errors(calc, structures) -> dict:
-    from jmp_ase.evaluation import labelled_errors
-
-    return labelled_errors(calc, structures)
 
 
 def ema_as_weights(pretrain_ckpt: Path) -> dict:
@@ -72,7 +68,8 @@ def ship_pretrained(run: Path, results: dict, data: Path, models: Path, test_dat
         calc = JMPCalculator.from_jmp_checkpoint(target, head=name)
         full = ase.io.read(data / name / "test.extxyz", ":")
         structures, path = test_slice(data, name, test_data)
-        tests[name] = {"test": errors(calc, full), "test_slice": {"file": path.name, **errors(calc, structures)}}
+        tests[name] = {"test": labelled_errors(calc, full),
+                       "test_slice": {"file": path.name, **labelled_errors(calc, structures)}}
         print(f"jmp-mini head {name}: {tests[name]}")
     content["jmp_ase_provenance"] = pretrained_provenance(content, {
         "name": "jmp-mini", "made_by": "benchmarks/mini_jmp/run.py (pretrain.yaml)",
@@ -97,7 +94,8 @@ def ship_finetuned(name: str, model_path: Path, dataset: str, extra: dict, data:
     full = ase.io.read(data / dataset / "test.extxyz", ":")
     structures, path = test_slice(data, dataset, test_data)
     calc = JMPCalculator(model)
-    measured = {"test": errors(calc, full), "test_slice": {"file": path.name, **errors(calc, structures)}}
+    measured = {"test": labelled_errors(calc, full),
+                "test_slice": {"file": path.name, **labelled_errors(calc, structures)}}
     print(f"{name}: {measured}")
     model.model_config.provenance.update({
         "name": name, "status": "mini-JMP: jmp-mini (pre-trained) fine-tuned on " + dataset,
