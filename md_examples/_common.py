@@ -50,6 +50,20 @@ def molecule(name: str = "aspirin") -> Atoms:
     return ase_molecule(name)
 
 
+def add_molecule_option(p: argparse.ArgumentParser) -> None:
+    """--molecule, shared by the molecule examples (see :func:`molecule`)."""
+    p.add_argument("--molecule", default="aspirin", help="aspirin or a name known to ase.build.molecule")
+
+
+def attach_md_outputs(dyn, atoms: Atoms, run: "Run", recorder: "Recorder", interval: int, stress: bool = False) -> None:
+    """Record every step; write the trajectory and ASE's MD log every ``interval`` steps."""
+    from ase.md.logger import MDLogger
+
+    dyn.attach(recorder)
+    dyn.attach(run.trajectory(atoms).write, interval=interval)
+    dyn.attach(MDLogger(dyn, atoms, run.logfile, stress=stress, peratom=True), interval=interval)
+
+
 def add_md_options(p: argparse.ArgumentParser, timestep: float) -> None:
     """Time step (fs) and output interval, shared by the MD examples."""
     p.add_argument("--timestep", type=float, default=timestep, help="time step (fs)")

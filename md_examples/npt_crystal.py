@@ -13,7 +13,6 @@ import _common as common
 import numpy as np
 from ase import units
 from ase.build import bulk
-from ase.md.logger import MDLogger
 
 NAME = "npt_crystal"
 
@@ -58,9 +57,7 @@ def main(argv=None) -> float:
             volume=lambda: atoms.get_volume() / len(atoms),
             temperature=lambda: atoms.get_temperature(),
         )
-        dyn.attach(rec)
-        dyn.attach(run.trajectory(atoms).write, interval=args.interval)
-        dyn.attach(MDLogger(dyn, atoms, run.logfile, stress=True, peratom=True), interval=args.interval)
+        common.attach_md_outputs(dyn, atoms, run, rec, args.interval, stress=True)
         dyn.run(args.steps)
 
         t, vol, temp = rec["time"], rec["volume"], rec["temperature"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import _common as common
 from ase import units
-from ase.md.logger import MDLogger
 from ase.md.verlet import VelocityVerlet
 
 NAME = "nve_molecule"
@@ -17,7 +16,7 @@ NAME = "nve_molecule"
 def main(argv=None) -> float:
     """Run the example; returns the energy drift (meV/atom/ps)."""
     p = common.parser(NAME, __doc__, common.MOLECULE_MODEL, 200, "MD steps")
-    p.add_argument("--molecule", default="aspirin", help="aspirin or a name known to ase.build.molecule")
+    common.add_molecule_option(p)
     p.add_argument("--temperature", type=float, default=300.0, help="initial temperature (K)")
     common.add_md_options(p, timestep=0.5)
     args = p.parse_args(argv)
@@ -33,9 +32,7 @@ def main(argv=None) -> float:
             epot=atoms.get_potential_energy,
             ekin=atoms.get_kinetic_energy,
         )
-        dyn.attach(rec)
-        dyn.attach(run.trajectory(atoms).write, interval=args.interval)
-        dyn.attach(MDLogger(dyn, atoms, run.logfile, peratom=True), interval=args.interval)
+        common.attach_md_outputs(dyn, atoms, run, rec, args.interval)
         dyn.run(args.steps)
 
         t, epot, ekin = rec["time"], rec["epot"], rec["ekin"]

@@ -11,7 +11,6 @@ import numpy as np
 from ase import units
 from ase.constraints import FixCom
 from ase.md.langevin import Langevin
-from ase.md.logger import MDLogger
 
 NAME = "nvt_molecule"
 
@@ -19,7 +18,7 @@ NAME = "nvt_molecule"
 def main(argv=None) -> float:
     """Run the example; returns the mean temperature over the second half of the run (K)."""
     p = common.parser(NAME, __doc__, common.MOLECULE_MODEL, 200, "MD steps")
-    p.add_argument("--molecule", default="aspirin", help="aspirin or a name known to ase.build.molecule")
+    common.add_molecule_option(p)
     p.add_argument("--temperature", type=float, default=300.0, help="thermostat temperature (K)")
     p.add_argument("--start-temperature", type=float, default=0.0, help="initial temperature (K)")
     p.add_argument("--friction", type=float, default=0.02, help="Langevin friction (1/fs)")
@@ -37,9 +36,7 @@ def main(argv=None) -> float:
                        friction=args.friction / units.fs, fixcm=False, rng=run.rng)
         rec = common.Recorder(time=lambda: dyn.get_time() / (1000 * units.fs),
                               temperature=lambda: atoms.get_temperature())
-        dyn.attach(rec)
-        dyn.attach(run.trajectory(atoms).write, interval=args.interval)
-        dyn.attach(MDLogger(dyn, atoms, run.logfile, peratom=True), interval=args.interval)
+        common.attach_md_outputs(dyn, atoms, run, rec, args.interval)
         dyn.run(args.steps)
 
         t, temp = rec["time"], rec["temperature"]
