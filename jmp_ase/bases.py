@@ -60,16 +60,19 @@ class RadialBasis(nn.Module):
         return self.envelope(d_scaled)[:, None] * self.rbf(d_scaled)
 
 
-def legendre_basis(cos_angle: torch.Tensor, num_spherical: int) -> torch.Tensor:
+def legendre_basis(cos_angle: torch.Tensor, num_spherical: int, scale_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Real spherical harmonics with m = 0: Y_l0 = sqrt((2l+1)/4pi) P_l(cos), l < num_spherical.
 
+    With ``scale_sq`` = s (n,), the homogeneous form s^(l/2) P_l(x / sqrt(s)) of x = ``cos_angle``
+    is returned instead: a polynomial in x and s, so it has no singularity where s -> 0.
     cos_angle (n,) -> (n, num_spherical).
     """
     polys = [torch.ones_like(cos_angle)]
     if num_spherical > 1:
         polys.append(cos_angle)
     for l in range(2, num_spherical):
-        polys.append(((2 * l - 1) * cos_angle * polys[l - 1] - (l - 1) * polys[l - 2]) / l)
+        previous = polys[l - 2] if scale_sq is None else scale_sq * polys[l - 2]
+        polys.append(((2 * l - 1) * cos_angle * polys[l - 1] - (l - 1) * previous) / l)
     norms = [math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(num_spherical)]
     return torch.stack([n * p for n, p in zip(norms, polys)], dim=1)
 
@@ -88,17 +91,34 @@ class CircularBasisLayer(nn.Module):
 
 
 class SphericalBasisLayer(nn.Module):
-    """Radial basis and the outer product of Legendre bases of two angles ("legendre_outer")."""
+    """Radial basis and the outer product of Legendre bases of two angles ("legendre_outer").
 
-    def __init__(self, num_spherical: int, radial_basis: RadialBasis):
+    The angles of a quadruplet c->a<-b<-d are θ = angle(c-a-b) and the dihedral φ between
+    the normals n_cab = v_ca × v_ba and n_abd = v_db × v_ba (unit v, so |n| = sin of the
+    triplet's angle). JMP's basis is Y_l0(cos θ) Y_m0(cos φ). φ is undefined where a normal
+    vanishes (three collinear atoms: crystals, slabs, aromatic rings), and the energy jumps
+    there. With ``smooth`` the m-th dihedral term is weighted by (sin θ_cab sin θ_abd)^m, as in
+    real spherical harmonics: Y_m0 is evaluated on its homogeneous form in n_cab·n_abd and
+    |n_cab|²|n_abd|², a polynomial in the unit vectors, so energy and forces are smooth
+    everywhere and the m = 0 terms are all that remain at collinearity.
+    """
+
+    def __init__(self, num_spherical: int, radial_basis: RadialBasis, smooth: bool = False):
         super().__init__()
         self.num_spherical = num_spherical
         self.radial_basis = radial_basis
+        self.smooth = smooth
 
-    def forward(self, distance: torch.Tensor, cos_angle: torch.Tensor, dihedral: torch.Tensor):
-        """-> (n_edges, num_radial), (n_quadruplets, num_spherical**2)."""
+    def forward(self, distance: torch.Tensor, cos_angle: torch.Tensor, normal_cab: torch.Tensor,
+                normal_abd: torch.Tensor):
+        """distance (E,) Å; cos_angle (Q,) of c-a-b; the two normals (Q, 3) of each quadruplet
+        -> (E, num_radial), (Q, num_spherical**2)."""
         first = legendre_basis(cos_angle, self.num_spherical)
-        second = legendre_basis(torch.cos(dihedral), self.num_spherical)
+        if self.smooth:
+            scale_sq = normal_cab.square().sum(-1) * normal_abd.square().sum(-1)
+            second = legendre_basis((normal_cab * normal_abd).sum(-1), self.num_spherical, scale_sq)
+        else:
+            second = legendre_basis(torch.cos(dihedral_angle(normal_cab, normal_abd)), self.num_spherical)
         outer = (first[:, :, None] * second[:, None, :]).reshape(cos_angle.shape[0], self.num_spherical**2)
         return self.radial_basis(distance), outer
 
@@ -113,6 +133,32 @@ def angle_between(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     x = (u * v).sum(-1)
     y = torch.linalg.cross(u, v).norm(dim=-1).clamp(min=1e-9)
     return torch.atan2(y, x)
+
+
+def degenerate_normal_tolerance(dtype: torch.dtype) -> float:
+    """Length below which a triplet normal (the sine of its angle) counts as vanished:
+    sqrt(machine epsilon), well above the round-off of collinear unit vectors."""
+    return math.sqrt(torch.finfo(dtype).eps)
+
+
+def dihedral_angle(normal_1: torch.Tensor, normal_2: torch.Tensor) -> torch.Tensor:
+    """JMP's dihedral: the angle in [0, pi] between two triplet normals (Q, 3).
+
+    Where either normal vanishes (|n| below :func:`degenerate_normal_tolerance`) the angle is
+    undefined; JMP's formula gives pi/2 at an exactly vanishing normal with a gradient of
+    order 1e9 (and round-off decides the value just above it). Here such quadruplets get
+    pi/2 with zero gradient, so forces and stress are defined on perfect crystals, ideal
+    slabs and planar or linear molecules; everywhere else the value is JMP's.
+    """
+    tol = degenerate_normal_tolerance(normal_1.dtype)
+    degenerate = (normal_1.norm(dim=-1) < tol) | (normal_2.norm(dim=-1) < tol)
+    mask = degenerate[:, None]
+    # Two fixed orthogonal vectors stand in for degenerate pairs: their angle is pi/2 and
+    # nothing flows back to the positions through them.
+    basis = torch.eye(3, dtype=normal_1.dtype, device=normal_1.device)
+    safe_1 = torch.where(mask, basis[0], normal_1)
+    safe_2 = torch.where(mask, basis[1], normal_2)
+    return angle_between(safe_1, safe_2)
 
 
 class Bases(nn.Module):
@@ -134,7 +180,7 @@ class Bases(nn.Module):
 
         self.radial_basis = radial()
         self.cbf_basis_qint = circular()
-        self.sbf_basis_qint = SphericalBasisLayer(c.num_spherical, radial())
+        self.sbf_basis_qint = SphericalBasisLayer(c.num_spherical, radial(), smooth=c.smooth_dihedral)
         self.radial_basis_aeaint = radial()
         self.cbf_basis_aeint = circular()
         self.cbf_basis_eaint = circular()
@@ -160,8 +206,9 @@ class Bases(nn.Module):
     def quadruplet_angles(v_main: torch.Tensor, v_qint: torch.Tensor, quad: dict):
         """Angles of quadruplets c->a<-b<-d (main c->a, qint b->a, main d->b).
 
-        Returns cos(c-a-b) per triplet_out, cos(a-b-d) per triplet_in and the
-        dihedral c-a-b-d in [0, pi] per quadruplet.
+        Returns cos(c-a-b) per triplet_out, cos(a-b-d) per triplet_in and, per quadruplet,
+        the normals n_cab = v_ca × v_ba and n_abd = v_db × v_ba whose angle is the dihedral
+        c-a-b-d (see :class:`SphericalBasisLayer`).
         """
         v_ba_in = v_qint[quad["triplet_in"]["out"]]
         v_db = v_main[quad["triplet_in"]["in"]]
@@ -172,7 +219,7 @@ class Bases(nn.Module):
         v_ba_out = v_qint[quad["triplet_out"]["in"]]
         cos_cab = cos_between(v_ca, v_ba_out)
         normal_cab = torch.linalg.cross(v_ca, v_ba_out)[quad["trip_out_to_quad"]]
-        return cos_cab, cos_abd, angle_between(normal_cab, normal_abd)
+        return cos_cab, cos_abd, normal_cab, normal_abd
 
     def forward(self, h: torch.Tensor, geom: dict, idx: dict, num_atoms: int) -> dict:
         """Compute every basis used by the interaction and output blocks.
@@ -187,10 +234,10 @@ class Bases(nn.Module):
         rad_cir_e2e, cir_e2e = self.cbf_basis_tint(
             main["distance"], cos_between(main["vector"][trip["out"]], main["vector"][trip["in"]])
         )
-        cos_cab_q, cos_abd, dihedral = self.quadruplet_angles(main["vector"], qint["vector"], quad)
+        cos_cab_q, cos_abd, normal_cab, normal_abd = self.quadruplet_angles(main["vector"], qint["vector"], quad)
         rad_cir_qint, cir_qint = self.cbf_basis_qint(qint["distance"], cos_abd)
         rad_sph_qint, sph_qint = self.sbf_basis_qint(
-            main["distance"], cos_cab_q[quad["trip_out_to_quad"]], dihedral
+            main["distance"], cos_cab_q[quad["trip_out_to_quad"]], normal_cab, normal_abd
         )
         rad_aea = self.radial_basis_aeaint(aea["distance"])
         rad_cir_a2e, cir_a2e = self.cbf_basis_aeint(
