@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .graph import GraphSettings, batch_graphs, resolve_tags, structure_graphs, validate_structure
+from .graph import GraphSettings, batch_graphs, structure_graphs, validate_structure
 from .indices import interaction_indices
 
 
@@ -22,7 +22,8 @@ class AtomsBatch:
 
     numbers (N,) atomic numbers; positions (N, 3) Å; cell (B, 3, 3) Å (rows are lattice
     vectors, zero for molecules); pbc (B, 3); tags (N,); atom_batch (N,) structure index
-    of each atom; natoms (B,); indices: graphs and interaction indices (index tensors).
+    of each atom; natoms (B,); indices: graphs and interaction indices (index tensors);
+    sources: where each structure came from, for error messages (training data).
     """
 
     numbers: torch.Tensor
@@ -33,6 +34,7 @@ class AtomsBatch:
     atom_batch: torch.Tensor
     natoms: torch.Tensor
     indices: dict = field(repr=False)
+    sources: tuple = field(default=(), repr=False)  # (file, index) per structure when known
 
     @property
     def num_structures(self) -> int:
@@ -50,12 +52,13 @@ class AtomsBatch:
         return AtomsBatch(
             numbers=move(self.numbers), positions=move(self.positions), cell=move(self.cell),
             pbc=move(self.pbc), tags=move(self.tags), atom_batch=move(self.atom_batch),
-            natoms=move(self.natoms), indices=move(self.indices),
+            natoms=move(self.natoms), indices=move(self.indices), sources=self.sources,
         )
 
 
 def atoms_arrays(atoms) -> dict:
-    """Numbers, positions, cell (zero if not periodic), pbc and JMP tags of one ``Atoms``."""
+    """Numbers, positions, cell (zero if not periodic), pbc and tags (as the Atoms have them;
+    the graph settings decide how they are read) of one ``Atoms``."""
     pbc = np.asarray(atoms.pbc, dtype=bool).reshape(3)
     cell = np.asarray(atoms.cell.array, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
     return {
@@ -63,7 +66,7 @@ def atoms_arrays(atoms) -> dict:
         "positions": np.asarray(atoms.positions, dtype=np.float64),
         "cell": cell,
         "pbc": pbc,
-        "tags": resolve_tags(atoms.get_tags()),
+        "tags": np.asarray(atoms.get_tags(), dtype=np.int64).reshape(-1),
     }
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +17,20 @@ from .graph import GraphSettings, validate_structure
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PER_ATOM = ("forces", "energies")
+# eV/Å: forces above this on a structure without close contacts are reported (once).
+FORCE_WARNING = 50.0
+# Two atoms closer than this fraction of the sum of their covalent radii are a close contact.
+CLOSE_CONTACT = 0.6
+
+
+def has_close_contact(atoms) -> bool:
+    """True when two atoms are closer than ``CLOSE_CONTACT`` x the sum of their covalent radii."""
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    radii = CLOSE_CONTACT * covalent_radii[atoms.numbers]
+    i, j = neighbor_list("ij", atoms, radii, self_interaction=False)
+    return bool(len(i))
 
 
 class StressUnavailableError(PropertyNotImplementedError, ValueError):
@@ -50,12 +66,15 @@ class JMPCalculator(Calculator):
     per-atom energies, scalar heads (under their names) and, for 3-D periodic structures,
     stress come from one model pass and are cached until the atoms change.
     ``check_elements`` refuses elements absent from the model's training data.
+    ``tags``: how the atoms' tags are read, ``"ignore"`` (every atom tag 2, as JMP fine-tunes)
+    or ``"oc20"`` (0 sub-surface, 1 surface, 2 adsorbate: they decide which atoms enter the
+    quadruplet graph); None takes the model file's setting (``jmp-train info`` shows it).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
 
     def __init__(self, model: nn.Module | str, device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 16, check_elements: bool = True, **kwargs):
+                 batch_size: int = 16, check_elements: bool = True, tags: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -71,12 +90,17 @@ class JMPCalculator(Calculator):
         self.check_elements = check_elements
         self.predictor = _prepare(model, self.device, self.dtype)
         self.implemented_properties = list(model.implemented_properties)
+        settings = self.predictor.graph_settings
+        self.graph_settings = settings if tags is None else dataclasses.replace(settings, tags=tags)
+        self._force_warning_given = False
 
     @classmethod
     def from_jmp_checkpoint(cls, path, head: int | str = 0, ema: bool = False, cutoff: float | None = None,
                             max_neighbors: int | None = None, config=None, *, energy_scale: float | None = None,
                             energy_shift: float = 0.0, force_scale: float | None = None,
                             element_references: dict[int, float] | None = None,
+                            forces: str = "direct", smooth_dihedral: bool | None = None,
+                            tags: str | None = None,
                             device: str = "cpu", dtype: str = "float32") -> "JMPCalculator":
         """Calculator on pre-training head ``head`` (index or task name) of a pre-trained checkpoint:
         an original JMP file (``jmp-s.pt``), a ``pretrain.ckpt`` or a shipped name (``jmp-mini``).
@@ -87,11 +111,18 @@ class JMPCalculator(Calculator):
         12 Å / 30 neighbours and normalised units unless ``energy_scale``/``energy_shift``/
         ``force_scale``/``element_references`` (eV per element) are given. ``config`` may be
         ``"jmp-s"``, ``"jmp-l"``, a dict or a BackboneConfig; by default it comes from the file.
+
+        ``forces="conservative"`` gives -dE/dr of the head's energy and, for 3-D periodic cells,
+        the stress (what NVE/NPT need) instead of the direct-force head. ``smooth_dihedral=True``
+        evaluates the same weights with the smooth quadruplet basis (energy and forces
+        continuous where atoms are collinear, but not the function JMP trained; see README).
+        ``tags``: ``"ignore"`` or ``"oc20"``; by default the head's training setting as the file
+        states it, else ``"ignore"``.
         """
         from .model import load_jmp_pretrained
         from .predictors import PretrainHeadPredictor
 
-        model, names = load_jmp_pretrained(path, ema=ema, config=config)
+        model, names = load_jmp_pretrained(path, ema=ema, config=config, smooth_dihedral=smooth_dihedral)
         task = _head_index(head, names, len(model.output.out_energy))
         info = model.task_info[task] if model.task_info else {}
 
@@ -100,11 +131,13 @@ class JMPCalculator(Calculator):
 
         settings = GraphSettings(cutoff=given_or_file(cutoff, "cutoff", 12.0),
                                  max_neighbors=given_or_file(max_neighbors, "max_neighbors", 30),
-                                 qint_tags=model.config.qint_tags)
+                                 qint_tags=model.config.qint_tags,
+                                 tags=given_or_file(tags, "tags", "auto" if info else "ignore"))
         predictor = PretrainHeadPredictor(
             model, task, settings, energy_scale=given_or_file(energy_scale, "energy_std", 1.0),
             energy_shift=energy_shift, force_scale=given_or_file(force_scale, "force_rms", 1.0),
             element_references=given_or_file(element_references, "element_references", None),
+            forces=forces,
         )
         return cls(predictor, device=device, dtype=dtype)
 
@@ -209,14 +242,37 @@ class JMPCalculator(Calculator):
         predictor = self.predictor
         periodic = [bool(np.all(a.pbc)) for a in atoms_list]
         want_stress = self.supports_stress and any(periodic)
-        batch = batch_from_atoms(atoms_list, predictor.graph_settings, num_elements=predictor.num_elements,
+        batch = batch_from_atoms(atoms_list, self.graph_settings, num_elements=predictor.num_elements,
                                  validate=False, dtype=self.dtype).to(self.device)
         with torch.set_grad_enabled(getattr(predictor, "needs_grad", True)):
             out = predictor(batch, compute_stress=want_stress)
         out = {k: v.detach().to("cpu", torch.float64).numpy() for k, v in out.items()}
         offsets = np.concatenate([[0], np.cumsum(batch.natoms.cpu().numpy())])
-        return [self._unbatch(out, b, slice(offsets[b], offsets[b + 1]), periodic[b])
-                for b in range(len(atoms_list))]
+        results = [self._unbatch(out, b, slice(offsets[b], offsets[b + 1]), periodic[b])
+                   for b in range(len(atoms_list))]
+        if not self._force_warning_given:
+            for atoms, res in zip(atoms_list, results):
+                if self._warn_unphysical_forces(atoms, res.get("forces")):
+                    break
+        return results
+
+    def _warn_unphysical_forces(self, atoms, forces) -> bool:
+        """Warn once per calculator when a force exceeds :data:`FORCE_WARNING` eV/Å on a
+        structure without close contacts: such a force is a model failure, not physics."""
+        if forces is None:
+            return False
+        norms = np.linalg.norm(forces, axis=1)
+        if not norms.size or norms.max() <= FORCE_WARNING or has_close_contact(atoms):
+            return False
+        worst = np.argsort(-norms)[:5]
+        listed = ", ".join(f"{int(i)} ({norms[i]:.4g} eV/Å)" for i in worst if norms[i] > FORCE_WARNING)
+        warnings.warn(
+            f"forces above {FORCE_WARNING:g} eV/Å on a structure without close contacts, at atoms "
+            f"{listed}: the model is outside its valid range here (for models with JMP's exact "
+            "dihedral: collinear atoms, see README); this warning is given once", RuntimeWarning, stacklevel=4,
+        )
+        self._force_warning_given = True
+        return True
 
     @staticmethod
     def _unbatch(out: dict, b: int, atoms_slice: slice, periodic: bool) -> dict:

@@ -65,6 +65,7 @@ GRAPH_TYPES = ("main", "a2a", "a2ee2a", "qint")
 _MIN_DISTANCE_SQ = 1e-4
 # Tag given to every atom of a structure without tags (JMP's fine-tuning convention).
 _DEFAULT_TAG = 2
+TAG_POLICIES = ("ignore", "oc20", "auto")
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,14 @@ class GraphSettings:
     cutoff: float = 12.0
     max_neighbors: int = 30
     qint_tags: tuple[int, ...] = (1, 2)
+    tags: str = "ignore"
+    """How the atoms' tags are read (:func:`resolve_tags`): ``"ignore"`` (every atom tag 2, as
+    JMP fine-tunes), ``"oc20"`` (0 sub-surface, 1 surface, 2 adsorbate) or ``"auto"`` (the
+    first release's rule, kept for model files that predate the setting)."""
 
     def __post_init__(self) -> None:
+        if self.tags not in TAG_POLICIES:
+            raise ValueError(f"tags must be one of {TAG_POLICIES}, got {self.tags!r}")
         if not (np.isfinite(self.cutoff) and self.cutoff > 0):
             raise ValueError(f"cutoff must be a positive number of Å, got {self.cutoff!r}")
         if int(self.max_neighbors) != self.max_neighbors or self.max_neighbors < 1:
@@ -135,21 +142,35 @@ class StructureGraphs:
         return int(self.edge_index[graph_type].shape[1])
 
 
-def resolve_tags(tags) -> np.ndarray:
-    """JMP's tag convention; returns an (N,) int64 array.
+def resolve_tags(tags, policy: str = "auto") -> np.ndarray:
+    """The tags the quadruplet graph uses under a tag ``policy``; returns an (N,) int64 array.
 
-    If any tag is nonzero the tags are used as they are (OC20: 0 bulk, 1 surface,
-    2 adsorbate); otherwise (all zero, as ASE gives by default) every atom gets tag 2.
-    The rule is idempotent.
+    Tags decide which atoms enter the quadruplet graph (edges with an end tagged 1 or 2).
+    ``"ignore"``: every atom gets tag 2, whatever the Atoms say (JMP's fine-tuning convention;
+    ASE's surface builders write layer numbers into tags, which mean nothing here).
+    ``"oc20"``: OC20's convention, 0 sub-surface, 1 surface, 2 adsorbate; other values raise.
+    ``"auto"``: the first release's rule for files that predate the setting: OC20 if any tag
+    is nonzero. Under ``"oc20"`` and ``"auto"`` all-zero tags (ASE's default) mean every atom
+    is tag 2. The rule is idempotent.
     """
+    if policy not in TAG_POLICIES:
+        raise ValueError(f"tags must be one of {TAG_POLICIES}, got {policy!r}")
     if torch.is_tensor(tags):
         tags = tags.detach().cpu().numpy()
     arr = np.asarray(tags).reshape(-1)
     if arr.size and not np.all(np.equal(np.mod(arr, 1), 0)):
         raise ValueError(f"tags must be integers, got {arr!r}")
     arr = arr.astype(np.int64)
-    if not np.any(arr != 0):
+    if policy == "ignore" or not np.any(arr != 0):
         return np.full(arr.shape, _DEFAULT_TAG, dtype=np.int64)
+    odd = sorted(set(np.unique(arr).tolist()) - {0, 1, 2})
+    if odd:
+        atoms = np.flatnonzero(~np.isin(arr, [0, 1, 2]))[:10].tolist()
+        raise ValueError(
+            f"tags {odd} (atoms {atoms}) are not OC20 tags (0 sub-surface, 1 surface, 2 adsorbate); "
+            "ASE's surface builders write layer numbers into tags. Set OC20 tags, or read the "
+            "structure with tags='ignore'"
+        )
     return arr
 
 
@@ -286,7 +307,7 @@ def structure_graphs(
         cell: (3, 3) lattice vectors as rows, Å, or None for a molecule. Rows of
             non-periodic directions are ignored (they may be zero).
         pbc: bool or (3,) bools. All False (or cell None) = non-periodic molecule.
-        tags: (N,) ints or None; passed through ``resolve_tags`` (all zero / None means
+        tags: (N,) ints or None; read under ``settings.tags`` (see ``resolve_tags``; None means
             every atom is tag 2), then used for the qint filter.
         settings: cutoff and neighbour limits; defaults to ``GraphSettings()``.
 
@@ -314,7 +335,7 @@ def structure_graphs(
     bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
     if bad.size:
         raise ValueError(f"non-finite (NaN/inf) positions for atoms {bad[:10].tolist()}")
-    tag_arr = np.full(n, _DEFAULT_TAG, dtype=np.int64) if tags is None else resolve_tags(tags)
+    tag_arr = np.full(n, _DEFAULT_TAG, dtype=np.int64) if tags is None else resolve_tags(tags, settings.tags)
     if tag_arr.shape[0] != n:
         raise ValueError(f"tags has {tag_arr.shape[0]} entries but there are {n} atoms")
     if n == 0:

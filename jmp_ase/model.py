@@ -15,6 +15,7 @@ from torch import nn
 from .backbone import BackboneOutput, GemNetOCBackbone
 from .batch import AtomsBatch
 from .config import BackboneConfig
+from .derivatives import StrainedInputs
 from .graph import GraphSettings
 from .heads import FineTuneHead, HeadSpec, PretrainOutput, direct_forces
 
@@ -80,11 +81,13 @@ def _resolve_config(config, inferred: BackboneConfig) -> BackboneConfig:
     raise TypeError(f"config must be None, a name, a dict or a BackboneConfig, not {type(config).__name__}")
 
 
-def load_jmp_pretrained(path, ema: bool = False, config=None) -> tuple[JMPPretrainedModel, list[str] | None]:
+def load_jmp_pretrained(path, ema: bool = False, config=None,
+                        smooth_dihedral: bool | None = None) -> tuple[JMPPretrainedModel, list[str] | None]:
     """Build :class:`JMPPretrainedModel` from an original JMP checkpoint (``jmp-s.pt``, ...),
     a ``pretrain.ckpt`` of ``jmp-train pretrain`` or a shipped pre-trained model name (``jmp-mini``).
 
     Tensors are read without executing foreign code (:mod:`jmp_ase.jmp_checkpoint`).
+    ``smooth_dihedral`` overrides the backbone's quadruplet basis (same weights).
     Returns the model (eval mode) and the pre-training task names if the file has them.
     Raises ``ValueError`` when ``config`` does not fit the file's tensors.
     """
@@ -93,6 +96,8 @@ def load_jmp_pretrained(path, ema: bool = False, config=None) -> tuple[JMPPretra
 
     ckpt = read_jmp_checkpoint(resolve_model_path(path), ema=ema)
     cfg = _resolve_config(config, ckpt.backbone_config())
+    if smooth_dihedral is not None:
+        cfg = dataclasses.replace(cfg, smooth_dihedral=bool(smooth_dihedral))
     num_mlps = len([k for k in ckpt.energy_heads[0] if k.endswith("weight")]) if ckpt.energy_heads else 2
     model = JMPPretrainedModel(cfg, max(ckpt.num_tasks, 1), num_mlps=num_mlps)
     state = {"embedding.atom_embedding.weight": ckpt.atom_embedding}
@@ -118,7 +123,9 @@ RESERVED_NAMES = ("energy", "free_energy", "energies", "forces", "stress", "stre
 class ModelConfig:
     """Everything needed to rebuild a fine-tuned model; saved inside the model file.
 
-    cutoff (Å), max_neighbors (and the backbone's qint_tags) define the graphs;
+    cutoff (Å), max_neighbors, tags (how the atoms' tags are read, see
+    :func:`jmp_ase.graph.resolve_tags`; files without it predate the setting and read "auto")
+    and the backbone's qint_tags define the graphs;
     elements: atomic numbers seen in training (empty = not recorded); provenance:
     record of the parent model, data, jmp-ase version and date (plain Python values);
     units: the units of positions and predictions (fixed, stated for readers of the file).
@@ -128,6 +135,7 @@ class ModelConfig:
     heads: list[HeadSpec]
     cutoff: float = 12.0
     max_neighbors: int = 30
+    tags: str = "ignore"
     elements: list[int] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
     units: dict = field(default_factory=lambda: dict(UNITS))
@@ -160,7 +168,8 @@ class ModelConfig:
 
     @property
     def graph_settings(self) -> GraphSettings:
-        return GraphSettings(cutoff=self.cutoff, max_neighbors=self.max_neighbors, qint_tags=self.backbone.qint_tags)
+        return GraphSettings(cutoff=self.cutoff, max_neighbors=self.max_neighbors, qint_tags=self.backbone.qint_tags,
+                             tags=self.tags)
 
     def to_dict(self) -> dict:
         """Plain-Python dict (safe for ``torch.load(weights_only=True)``)."""
@@ -169,6 +178,7 @@ class ModelConfig:
             "heads": [h.to_dict() for h in self.heads],
             "cutoff": float(self.cutoff),
             "max_neighbors": int(self.max_neighbors),
+            "tags": self.tags,
             "elements": [int(z) for z in self.elements],
             "provenance": dict(self.provenance),
             "units": dict(self.units),
@@ -183,6 +193,7 @@ class ModelConfig:
             raise ValueError(f"model config keys must be among {sorted(known)} (backbone and heads required), "
                              f"found {found}")
         values = dict(values)
+        values.setdefault("tags", "auto")  # files of the first release: its tag rule
         values["backbone"] = BackboneConfig.from_dict(values["backbone"])
         values["heads"] = [HeadSpec.from_dict(h) for h in values["heads"]]
         return cls(**values)
@@ -257,18 +268,8 @@ class FineTunedModel(JMPBackboneModel):
         compute_stress = compute_stress and energy_head is not None
         if compute_stress and not self.conservative:
             raise ValueError("this model predicts direct forces: it has no stress")
-        positions, cell = batch.positions, batch.cell
-        if conservative or compute_stress:
-            positions = positions.detach().requires_grad_(True)
-        strain = None
-        if compute_stress:
-            strain = torch.zeros_like(cell, requires_grad=True)
-            sym = 0.5 * (strain + strain.transpose(1, 2))
-            strained_pos = positions + torch.einsum("ni,nij->nj", positions, sym[batch.atom_batch])
-            strained_cell = cell + torch.bmm(cell, sym)
-        else:
-            strained_pos, strained_cell = positions, cell
-        out = self.embed(batch, strained_pos, strained_cell)
+        inputs = StrainedInputs.prepare(batch.positions, batch.cell, batch.atom_batch, conservative, compute_stress)
+        out = self.embed(batch, inputs.model_positions, inputs.model_cell)
         num_structures = batch.num_structures
         natoms_of_atom = batch.natoms[batch.atom_batch]
         results: dict[str, torch.Tensor] = {}
@@ -278,7 +279,7 @@ class FineTunedModel(JMPBackboneModel):
                 if compute_forces:
                     scalar = head.mlp(out.edge_embedding)[:, 0]
                     results["forces"] = head.spec.scale * direct_forces(
-                        scalar, out.vector, out.edge_index[1], positions.shape[0]
+                        scalar, out.vector, out.edge_index[1], batch.positions.shape[0]
                     )
                 continue
             per_atom = head.per_atom(out.node_embedding, batch.numbers, natoms_of_atom)
@@ -288,18 +289,6 @@ class FineTunedModel(JMPBackboneModel):
                 results["energies"] = per_atom
             else:
                 results[name] = value
-        if conservative or compute_stress:
-            inputs = [positions] + ([strain] if compute_stress else [])
-            grads = torch.autograd.grad(
-                results["energy"].sum(), inputs, create_graph=self.training, allow_unused=True
-            )
-            if conservative:
-                results["forces"] = -_zeros_if_none(grads[0], positions)
-            if compute_stress:
-                volume = torch.linalg.det(cell).abs()
-                results["stress"] = _zeros_if_none(grads[1], strain) / volume[:, None, None]
+        results.update(inputs.derivatives(results.get("energy"), batch.cell, conservative, compute_stress,
+                                          create_graph=self.training))
         return results
-
-
-def _zeros_if_none(grad, like):
-    return torch.zeros_like(like) if grad is None else grad

@@ -14,31 +14,37 @@ import torch
 from torch import nn
 
 from .batch import AtomsBatch
+from .derivatives import StrainedInputs
 from .graph import GraphSettings
 from .heads import direct_forces, sum_per_structure
 from .model import JMPPretrainedModel
 
+FORCE_MODES = ("direct", "conservative")
+
 
 class PretrainHeadPredictor(nn.Module):
-    """Energy and direct forces from one pre-training head of a JMP model.
+    """Energy and forces from one pre-training head of a JMP model.
 
-    Energy = sum over atoms of the head, forces = the direct-force head. Both are in the
+    Energy = sum over atoms of the head. Forces: ``"direct"`` = the head's direct-force MLP
+    (as JMP pre-trained it; no stress), ``"conservative"`` = -dE/dr of the head's energy,
+    with stress (1/V) dE/dε for 3-D periodic cells, as MD needs. Both are in the
     checkpoint's normalised units unless the caller gives the normalisation:
-    ``E = energy_scale * E_head + energy_shift + sum_i element_references[Z_i]`` and
-    ``F = force_scale * F_head``.
+    ``E = energy_scale * E_head + energy_shift + sum_i element_references[Z_i]`` and, for
+    direct forces, ``F = force_scale * F_head``.
     """
 
-    implemented_properties = ("energy", "free_energy", "forces", "energies")
-    needs_grad = False
     elements = None
 
     def __init__(self, model: JMPPretrainedModel, task: int, graph_settings: GraphSettings,
                  energy_scale: float = 1.0, energy_shift: float = 0.0, force_scale: float = 1.0,
-                 element_references: dict[int, float] | None = None):
+                 element_references: dict[int, float] | None = None, forces: str = "direct"):
         super().__init__()
+        if forces not in FORCE_MODES:
+            raise ValueError(f"forces must be one of {FORCE_MODES}, got {forces!r}")
         self.model = model
         self.task = task
         self.graph_settings = graph_settings
+        self.forces = forces
         self.num_elements = model.config.num_elements
         self.energy_scale, self.energy_shift, self.force_scale = energy_scale, energy_shift, force_scale
         refs = torch.zeros(self.num_elements + 1, dtype=torch.float64)
@@ -47,18 +53,32 @@ class PretrainHeadPredictor(nn.Module):
         self.register_buffer("element_references", refs, persistent=False)
         self.eval()
 
+    @property
+    def needs_grad(self) -> bool:
+        return self.forces == "conservative"
+
+    @property
+    def implemented_properties(self) -> tuple[str, ...]:
+        props = ("energy", "free_energy", "forces", "energies")
+        return props + ("stress",) if self.forces == "conservative" else props
+
     def forward(self, batch: AtomsBatch, compute_stress: bool = False) -> dict[str, torch.Tensor]:
-        if compute_stress:
-            raise NotImplementedError("direct-force pre-training heads do not give a stress")
-        out = self.model.embed(batch)
+        conservative = self.forces == "conservative"
+        if compute_stress and not conservative:
+            raise NotImplementedError("direct-force pre-training heads do not give a stress: "
+                                      "use forces='conservative'")
+        inputs = StrainedInputs.prepare(batch.positions, batch.cell, batch.atom_batch, conservative, compute_stress)
+        out = self.model.embed(batch, inputs.model_positions, inputs.model_cell)
         head = self.model.output
         per_atom = self.energy_scale * head.out_energy[self.task](out.node_embedding)[:, 0]
         per_atom = per_atom + self.element_references.to(per_atom.dtype)[batch.numbers]
         per_atom = per_atom + (self.energy_shift / batch.natoms.to(per_atom.dtype))[batch.atom_batch]
-        scalar = head.out_forces[self.task](out.edge_embedding)[:, 0]
-        forces = direct_forces(scalar, out.vector, out.edge_index[1], per_atom.shape[0])
-        return {
-            "energy": sum_per_structure(per_atom, batch.atom_batch, batch.num_structures),
-            "energies": per_atom,
-            "forces": self.force_scale * forces,
-        }
+        energy = sum_per_structure(per_atom, batch.atom_batch, batch.num_structures)
+        results = {"energy": energy, "energies": per_atom}
+        if conservative:
+            results.update(inputs.derivatives(energy, batch.cell, True, compute_stress))
+        else:
+            scalar = head.out_forces[self.task](out.edge_embedding)[:, 0]
+            forces = direct_forces(scalar, out.vector, out.edge_index[1], per_atom.shape[0])
+            results["forces"] = self.force_scale * forces
+        return results

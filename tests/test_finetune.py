@@ -1,5 +1,6 @@
 """training.finetune and training.schedules: losses, LLRD, schedule, EMA, a short fine-tuning run."""
 import csv
+import dataclasses
 import math
 
 import ase.io
@@ -277,7 +278,8 @@ def test_scratch_takes_the_parents_architecture_not_its_weights(data_dir, refere
     dataset = DatasetSpec(config.train, config.targets, 4.0, 8).build()
     model, _ = build_model(config, dataset)
     backbone, state, _ = load_parent(parent)
-    assert model.model_config.backbone == backbone
+    # The parent's architecture, with the smooth quadruplet basis that conservative forces turn on.
+    assert model.model_config.backbone == dataclasses.replace(backbone, smooth_dihedral=True)
     assert model.model_config.provenance == {"parent": "scratch", "architecture_of": parent}
     ours = model.state_dict()
     assert set(state) <= set(ours)

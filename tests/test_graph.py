@@ -277,9 +277,9 @@ def test_qint_tag_filter():
     tags[-4:] = 1
     tags[-1] = 2
     cell, pbc = slab.cell.array, [True, True, False]
-    settings = GraphSettings(cutoff=6.0, max_neighbors=30)
+    settings = GraphSettings(cutoff=6.0, max_neighbors=30, tags="oc20")
     graphs = structure_graphs(slab.positions, cell, pbc, tags, settings)
-    all_tags = GraphSettings(cutoff=6.0, max_neighbors=30, qint_tags=(0, 1, 2))
+    all_tags = GraphSettings(cutoff=6.0, max_neighbors=30, qint_tags=(0, 1, 2), tags="oc20")
     unfiltered = structure_graphs(slab.positions, cell, pbc, tags, all_tags)
     expected = {e for e in edge_set(unfiltered, "qint") if tags[e[0]] in (1, 2) or tags[e[1]] in (1, 2)}
     got = edge_set(graphs, "qint")
@@ -289,7 +289,7 @@ def test_qint_tag_filter():
     for g in ("main", "a2a", "a2ee2a"):
         assert edge_set(graphs, g) == edge_set(unfiltered, g)
     # only tag-0 atoms selected: no qint edge at all
-    none = structure_graphs(slab.positions, cell, pbc, tags, GraphSettings(6.0, 30, (7,)))
+    none = structure_graphs(slab.positions, cell, pbc, tags, GraphSettings(6.0, 30, (7,), tags="oc20"))
     assert none.num_edges("qint") == 0
 
 
@@ -492,7 +492,7 @@ def test_validate_shape_mismatch():
 def test_structure_graphs_from_atoms_tags():
     slab, _ = slab_structure(zero_c=False)
     slab.pbc = [True, True, False]
-    settings = GraphSettings(cutoff=6.0)
+    settings = GraphSettings(cutoff=6.0, tags="oc20")
     untagged = structure_graphs_from_atoms(slab, settings)
     # all-zero ASE tags -> every atom tag 2 -> qint keeps every nearest-8 edge
     assert untagged.num_edges("qint") == 8 * len(slab)
@@ -501,6 +501,9 @@ def test_structure_graphs_from_atoms_tags():
     slab.set_tags(tags)
     tagged = structure_graphs_from_atoms(slab, settings)
     assert 0 < tagged.num_edges("qint") < untagged.num_edges("qint")
+    # the default policy ignores tags: the tagged slab has the untagged slab's graphs
+    ignored = structure_graphs_from_atoms(slab, GraphSettings(cutoff=6.0))
+    assert ignored.num_edges("qint") == untagged.num_edges("qint")
     mol = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=np.eye(3) * 1000.0, pbc=False)
     assert structure_graphs_from_atoms(mol, settings).num_edges("main") == 2
 

@@ -434,7 +434,7 @@ class DatasetSpec:
 
     paths: one file or several (concatenated); format: ``extxyz``/``db``/``lmdb`` or None
     (from the name); targets: label names (``energy``, ``forces``, ``stress`` or graph-level
-    keys such as ``homo_lumo_gap``); cutoff (Å) / max_neighbors: graph settings;
+    keys such as ``homo_lumo_gap``); cutoff (Å) / max_neighbors / tags: graph settings;
     streaming: read extxyz lazily and do not cache samples (LMDB is always lazy).
     """
 
@@ -445,6 +445,7 @@ class DatasetSpec:
     name: str = ""
     format: str | None = None
     streaming: bool = False
+    tags: str = "ignore"
 
     def __post_init__(self):
         if isinstance(self.paths, (str, os.PathLike)):
@@ -455,7 +456,8 @@ class DatasetSpec:
         self.name = self.name or (Path(self.paths[0]).parent.name if self.paths else "")
 
     def graph_settings(self, qint_tags=(1, 2)) -> GraphSettings:
-        return GraphSettings(cutoff=self.cutoff, max_neighbors=self.max_neighbors, qint_tags=tuple(qint_tags))
+        return GraphSettings(cutoff=self.cutoff, max_neighbors=self.max_neighbors, qint_tags=tuple(qint_tags),
+                             tags=self.tags)
 
     def build(self, qint_tags=(1, 2), num_elements: int = 120) -> StructureDataset:
         """The :class:`StructureDataset` of this spec."""
@@ -474,6 +476,7 @@ def collate(samples: Sequence[GraphSample], dtype: torch.dtype = torch.float32) 
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
     batch = assemble_batch([s.arrays for s in samples], [s.graphs for s in samples], dtype)
+    batch.sources = tuple(s.source for s in samples)
     targets = {}
     for name in samples[0].labels:
         values = [np.asarray(s.labels[name]) for s in samples]

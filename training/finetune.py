@@ -62,6 +62,9 @@ class FinetuneConfig:
     fit_references: bool = True
     cutoff: float = 12.0
     max_neighbors: int = 30
+    tags: str = "ignore"  # "ignore": every atom tag 2 (JMP's fine-tuning convention); "oc20": 0/1/2 from the data
+    smooth_dihedral: bool | None = None  # smooth quadruplet basis; None: on with conservative forces
+    force_error_limit: float = 100.0  # stop when a structure's force error exceeds this many force-label RMS
     loss_weights: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 1.0})
     lr: float = 1e-4
     weight_decay: float = 0.1
@@ -226,6 +229,33 @@ def loss_scales(stats: dict, targets) -> dict[str, float]:
     return out
 
 
+def smooth_dihedral_setting(config: FinetuneConfig) -> bool:
+    """The fine-tuned backbone's ``smooth_dihedral``: as configured, else on when forces are
+    -dE/dr (JMP's dihedral makes them diverge near collinear atoms), off for direct forces."""
+    if config.smooth_dihedral is not None:
+        return bool(config.smooth_dihedral)
+    return "forces" in config.targets and not config.direct_forces
+
+
+def check_force_errors(preds: dict, targets: dict, batch, limit: float) -> None:
+    """Raise ``FloatingPointError`` naming the structures whose largest per-atom force error
+    exceeds ``limit`` (eV/Å): a model that diverges must stop, not write a model file."""
+    if "forces" not in preds or "forces" not in targets:
+        return
+    error = (preds["forces"].detach() - targets["forces"]).norm(dim=-1)
+    worst = torch.zeros(batch.num_structures, dtype=error.dtype, device=error.device)
+    worst = worst.scatter_reduce(0, batch.atom_batch, error, reduce="amax")
+    bad = ~(worst <= limit)  # NaN counts as bad
+    if bad.any():
+        rows = [f"{batch.sources[k][0]}: structure {batch.sources[k][1]} ({float(worst[k]):.4g} eV/Å)"
+                if k < len(batch.sources) else f"batch structure {k} ({float(worst[k]):.4g} eV/Å)"
+                for k in torch.flatnonzero(bad).tolist()[:10]]
+        raise FloatingPointError(
+            f"force errors above {limit:.4g} eV/Å (force_error_limit x the force labels' RMS); the model "
+            "diverged on: " + "; ".join(rows)
+        )
+
+
 def build_model(config: FinetuneConfig, train_set) -> tuple[FineTunedModel, dict]:
     """The fine-tuning model (parent weights, new heads) and the training-set statistics."""
     labels = [train_set.labels(i) for i in range(len(train_set))]
@@ -243,12 +273,14 @@ def build_model(config: FinetuneConfig, train_set) -> tuple[FineTunedModel, dict
         backbone, state = _resolve_config(config.backbone or "jmp-s", None), None
     else:
         backbone, state, provenance = load_parent(config.pretrained, config.ema)
+    backbone = dataclasses.replace(backbone, smooth_dihedral=smooth_dihedral_setting(config))
     if config.cutoff > backbone.absolute_rbf_cutoff:
         raise ValueError(f"cutoff {config.cutoff} Å exceeds the backbone's radial-basis cutoff "
                          f"{backbone.absolute_rbf_cutoff} Å (absolute_rbf_cutoff): edges beyond it would "
                          f"carry nothing but cost time; use cutoff <= {backbone.absolute_rbf_cutoff}")
     model_config = ModelConfig(backbone, build_heads(config, stats, references), cutoff=config.cutoff,
-                               max_neighbors=config.max_neighbors, elements=elements, provenance=provenance)
+                               max_neighbors=config.max_neighbors, tags=config.tags, elements=elements,
+                               provenance=provenance)
     model = FineTunedModel(model_config)
     if state is not None:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -330,6 +362,7 @@ class FinetuneModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         atoms_batch, targets = batch
         preds = self(atoms_batch)
+        check_force_errors(preds, targets, atoms_batch, self.config.force_error_limit * self.scales.get("forces", 1.0))
         loss, terms = compute_losses(preds, targets, self.weights, self.scales)
         self._train.add(preds, targets)
         self.log("loss", loss.detach(), prog_bar=True, batch_size=atoms_batch.num_structures)
@@ -339,6 +372,7 @@ class FinetuneModule(L.LightningModule):
         atoms_batch, targets = batch
         with torch.enable_grad():
             preds = self(atoms_batch)
+        check_force_errors(preds, targets, atoms_batch, self.config.force_error_limit * self.scales.get("forces", 1.0))
         self._val.add(preds, targets)
 
     def _synced(self, errors: ErrorSums) -> ErrorSums:
@@ -423,7 +457,7 @@ def make_datasets(config: FinetuneConfig, qint_tags=(1, 2)) -> dict:
     """train / val / test :class:`StructureDataset` (val split off train when not given)."""
     def spec(paths, name):
         return DatasetSpec(paths, config.targets, config.cutoff, config.max_neighbors, name, config.format,
-                           config.streaming)
+                           config.streaming, tags=config.tags)
 
     out = {"train": spec(config.train, "train").build(qint_tags)}
     if config.val:

@@ -311,7 +311,7 @@ def export_pretrained(module: PretrainModule, ema: EMA | None, path, trainer: pl
 def pretrained_provenance(content: dict, extra: dict | None = None) -> dict:
     """What a ``pretrain.ckpt`` was trained on and how (plain containers), plus ``extra``."""
     hp = content["hyper_parameters"]
-    datasets = [{k: t[k] for k in ("name", "cutoff", "max_neighbors", "num_structures", "mean_natoms",
+    datasets = [{k: t[k] for k in ("name", "cutoff", "max_neighbors", "tags", "num_structures", "mean_natoms",
                                    "energy_std", "force_rms") if k in t} for t in hp["tasks"]]
     return {"kind": "jmp-ase pre-trained backbone with one energy and one direct-force head per data set",
             "datasets": datasets, "steps": int(content.get("global_step", 0)), "batch_size": hp.get("batch_size"),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from ase.io.formats import string2index
 
-from jmp_ase.graph import GRAPH_TYPES, GraphSettings, StructureGraphs
+from jmp_ase.graph import GRAPH_TYPES, GraphSettings, StructureGraphs, resolve_tags
 from .data import (
     ConcatStructures, GraphSample, StructureDataset, collate, dataset_statistics, fit_element_references,
     open_structures,
@@ -28,13 +28,14 @@ from .data import (
 from .sampler import ResumableDataLoader, TemperatureBatchSampler
 
 DATASET_DEFAULTS = {"name": None, "train": None, "val": None, "train_index": ":", "val_index": ":",
-                    "format": None, "cutoff": 12.0, "max_neighbors": 30, "energy_loss_scale": 1.0,
+                    "format": None, "cutoff": 12.0, "max_neighbors": 30, "tags": "ignore", "energy_loss_scale": 1.0,
                     "force_loss_scale": None}
 
 
 def dataset_config(d: dict) -> dict:
     """One ``data.datasets`` entry with defaults; ``name`` and ``train`` are required.
-    ``force_loss_scale: null`` means the data set's mean number of atoms (JMP's λ_F)."""
+    ``force_loss_scale: null`` means the data set's mean number of atoms (JMP's λ_F); ``tags``:
+    ``ignore`` (every atom tag 2) or ``oc20`` (the data's OC20 tags decide the quadruplet graph)."""
     unknown = set(d) - set(DATASET_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown data set keys {sorted(unknown)}; expected some of {sorted(DATASET_DEFAULTS)}")
@@ -69,7 +70,7 @@ def drop_edges(sample: GraphSample, settings: GraphSettings, p: float, rng: np.r
     for g in GRAPH_TYPES:
         k = settings.max_neighbors_of(g)
         masks[g] = rank < k if g != "a2a" and k > 0 else np.ones(t.size, dtype=bool)
-    tags, qint_tags = sample.arrays["tags"], np.asarray(settings.qint_tags)
+    tags, qint_tags = resolve_tags(sample.arrays["tags"], settings.tags), np.asarray(settings.qint_tags)
     masks["qint"] &= np.isin(tags[s], qint_tags) | np.isin(tags[t], qint_tags)
     graphs = StructureGraphs(
         edge_index={g: torch.from_numpy(np.stack([s[m], t[m]]).astype(np.int64)) for g, m in masks.items()},
@@ -140,7 +141,8 @@ class PretrainData:
     def __init__(self, cfg: dict, qint_tags=(1, 2), num_elements: int = 120, saved_tasks: list[dict] | None = None):
         self.cfg, self.num_elements = cfg, num_elements
         self.specs = cfg["data"]["datasets"]
-        self.settings = [GraphSettings(d["cutoff"], d["max_neighbors"], tuple(qint_tags)) for d in self.specs]
+        self.settings = [GraphSettings(d["cutoff"], d["max_neighbors"], tuple(qint_tags), tags=d["tags"])
+                         for d in self.specs]
         self.train, self.val, self.natoms, self.task_info = [], [], [], []
         for k, spec in enumerate(self.specs):
             structures, locations = _structures(spec["train"], spec["train_index"], spec["format"])
@@ -167,6 +169,7 @@ class PretrainData:
         force_scale = spec["force_loss_scale"]
         return {
             "name": spec["name"], "cutoff": float(spec["cutoff"]), "max_neighbors": int(spec["max_neighbors"]),
+            "tags": spec["tags"],
             "num_structures": stats["num_structures"], "mean_natoms": stats["mean_natoms"],
             "element_references": {int(z): float(v + shift) for z, v in refs.items()},
             "energy_std": float(stats["energy_std"]) or 1.0, "force_rms": float(stats["force_rms"]) or 1.0,
