@@ -241,3 +241,24 @@ def model_provenance(model: str | os.PathLike) -> dict:
     if _pretrain_heads(content) is not None:
         return dict(content.get("jmp_ase_provenance") or {})
     return dict(check_content(content, str(path))["config"].get("provenance") or {})
+
+
+def model_settings(model: str | os.PathLike) -> list[str]:
+    """One line per head (pre-trained checkpoints) or for the model: graph settings, how tags are
+    read and which quadruplet basis the backbone uses, as ``jmp-train info`` prints them."""
+    from .jmp_checkpoint import jmp_ase_hparams
+
+    path = resolve_model_path(model)
+    content = _read(path)
+
+    def line(name, cutoff, max_neighbors, tags, smooth):
+        basis = "smooth (sin-damped)" if smooth else "JMP's exact dihedral"
+        return f"{name}: cutoff {cutoff} Å, max_neighbors {max_neighbors}, tags {tags}, quadruplet basis {basis}"
+
+    hparams = jmp_ase_hparams(content.get("hyper_parameters") if isinstance(content, dict) else None)
+    if hparams is not None:
+        smooth = bool((hparams.get("backbone") or {}).get("smooth_dihedral", False))
+        return [line(f"head {t.get('name')}", t.get("cutoff"), t.get("max_neighbors"), t.get("tags", "auto"), smooth)
+                for t in hparams.get("tasks", [])]
+    config = ModelConfig.from_dict(check_content(content, str(path))["config"])
+    return [line("model", config.cutoff, config.max_neighbors, config.tags, config.backbone.smooth_dihedral)]

@@ -176,15 +176,18 @@ def pretrain(config, resume):
 def info(model):
     """How MODEL (a model file, pre-trained checkpoint or shipped name) was made: data, recipe,
     test errors. Without MODEL: the names of the shipped models."""
-    from jmp_ase.checkpoint import model_provenance, shipped_models
+    from jmp_ase.checkpoint import model_provenance, model_settings, shipped_models
 
     if model is None:
         click.echo("shipped models: " + ", ".join(shipped_models()))
         return
     try:
         provenance = model_provenance(model)
+        settings = model_settings(model)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
+    for line in settings:
+        click.echo(line)
     click.echo(json.dumps(provenance, indent=1, default=str) if provenance else f"{model}: no provenance recorded")
 
 

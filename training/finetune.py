@@ -249,7 +249,7 @@ def check_force_errors(preds: dict, targets: dict, batch, limit: float) -> None:
     if bad.any():
         rows = [f"{batch.sources[k][0]}: structure {batch.sources[k][1]} ({float(worst[k]):.4g} eV/Å)"
                 if k < len(batch.sources) else f"batch structure {k} ({float(worst[k]):.4g} eV/Å)"
-                for k in torch.flatnonzero(bad).tolist()[:10]]
+                for k in torch.nonzero(bad).flatten().tolist()[:10]]
         raise FloatingPointError(
             f"force errors above {limit:.4g} eV/Å (force_error_limit x the force labels' RMS); the model "
             "diverged on: " + "; ".join(rows)
