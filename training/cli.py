@@ -39,6 +39,10 @@ def _devices(value):
 @click.option("--seed", type=int)
 @click.option("--cutoff", type=float, help="Graph cutoff in Å.")
 @click.option("--max-neighbors", type=int)
+@click.option("--tags", type=click.Choice(["ignore", "oc20"]),
+              help="How the data's tags are read: ignore (every atom tag 2, the default) or oc20 (0/1/2).")
+@click.option("--smooth-dihedral/--jmp-dihedral", default=None,
+              help="Quadruplet basis: smooth (default with conservative forces) or JMP's exact dihedral.")
 @click.option("--devices", help="Number of devices (or 'auto').")
 @click.option("--accelerator", help="cpu, gpu or auto.")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out from its last.ckpt.")
@@ -136,7 +140,7 @@ def evaluate(model, data, out, targets, batch_size, device):
         if not names:
             raise ValueError(f"{data} has no labels for what the model predicts ({list(net.heads)})")
         cfg = net.model_config
-        spec = DatasetSpec(data, names, cfg.cutoff, cfg.max_neighbors)
+        spec = DatasetSpec(data, names, cfg.cutoff, cfg.max_neighbors, tags=cfg.tags)
         dataset = spec.build(cfg.backbone.qint_tags, cfg.backbone.num_elements)
         errors = predict_dataset(net, dataset, batch_size, device, names)
     except (ValueError, FileNotFoundError, ImportError) as err:
