@@ -90,6 +90,10 @@ class ScaleFactor(nn.Module):
 
     The buffer ``scale_factor`` is 0 until fitted; while it is 0 the layer is the
     identity. :func:`training.scaling.fit_scale_factors` fits it on real data.
+
+    The forward pass picks the factor with tensor math (``torch.where``), never with a
+    Python ``if`` on its value, so it does not wait for the device; ``x * 1`` is
+    exactly ``x``, so an unfitted layer still returns its input bit for bit.
     """
 
     def __init__(self):
@@ -104,9 +108,8 @@ class ScaleFactor(nn.Module):
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         if self.observer is not None:
             self.observer(x, ref)
-        if self.scale_factor.item() != 0.0:
-            x = x * self.scale_factor
-        return x
+        factor = self.scale_factor
+        return x * torch.where(factor != 0.0, factor, torch.ones_like(factor))
 
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
