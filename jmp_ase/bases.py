@@ -225,7 +225,8 @@ class Bases(nn.Module):
         """Compute every basis used by the interaction and output blocks.
 
         ``geom[g]`` holds ``distance`` (E_g,) Å and ``vector`` (E_g, 3) unit vectors
-        for graph g in main/a2a/a2ee2a/qint; ``idx`` is :func:`jmp_ase.indices.interaction_indices`.
+        for graph g in main/a2a/a2ee2a/qint; ``idx`` is :func:`jmp_ase.indices.interaction_indices`
+        with ``idx["padded_width"]`` (:func:`jmp_ase.batch.padded_widths`).
         """
         main, a2a, aea, qint = geom["main"], geom["a2a"], geom["a2ee2a"], geom["qint"]
         trip, t_a2e, t_e2a, quad = idx["trip_e2e"], idx["trip_a2e"], idx["trip_e2a"], idx["quad"]
@@ -249,8 +250,9 @@ class Bases(nn.Module):
         rad_a2a = self.radial_basis_aint(a2a["distance"])
 
         aea_target = idx["a2ee2a_edge_index"][1]
+        width = idx["padded_width"]
         e2a_rad_w, e2a_sph = self.mlp_cbf_eaint.forward_padded(
-            rad_cir_e2a, cir_e2a, t_e2a["out"], t_e2a["out_agg"]
+            rad_cir_e2a, cir_e2a, t_e2a["out"], t_e2a["out_agg"], width["trip_e2a"]
         )
         a2a_rad_w = self.mlp_rbf_aint.radial(rad_a2a)
         return {
@@ -260,24 +262,32 @@ class Bases(nn.Module):
             "qint": {
                 "rad": self.mlp_rbf_qint(rad_main),
                 "cir": self.mlp_cbf_qint.forward_gathered(rad_cir_qint, cir_qint, quad["triplet_in"]["out"]),
-                "sph": self.mlp_sbf_qint.forward_padded(rad_sph_qint, sph_qint, quad["out"], quad["out_agg"]),
+                "sph": self.mlp_sbf_qint.forward_padded(
+                    rad_sph_qint, sph_qint, quad["out"], quad["out_agg"], width["quad"]
+                ),
             },
             "e2e": {
                 "rad": self.mlp_rbf_tint(rad_main),
-                "cir": self.mlp_cbf_tint.forward_padded(rad_cir_e2e, cir_e2e, trip["out"], trip["out_agg"]),
+                "cir": self.mlp_cbf_tint.forward_padded(
+                    rad_cir_e2e, cir_e2e, trip["out"], trip["out_agg"], width["trip_e2e"]
+                ),
             },
             "a2e": {
                 "rad": self.mlp_rbf_aeint(rad_aea),
-                "cir": self.mlp_cbf_aeint.forward_padded(rad_cir_a2e, cir_a2e, t_a2e["out"], t_a2e["out_agg"]),
+                "cir": self.mlp_cbf_aeint.forward_padded(
+                    rad_cir_a2e, cir_a2e, t_a2e["out"], t_a2e["out_agg"], width["trip_a2e"]
+                ),
             },
             "e2a": {
                 "rad": self.mlp_rbf_eaint(rad_main),
                 "cir": (
-                    self.mlp_cbf_eaint.pad_radial_by_atom(e2a_rad_w, aea_target, idx["a2ee2a_target_inner"], num_atoms),
+                    self.mlp_cbf_eaint.pad_radial_by_atom(
+                        e2a_rad_w, aea_target, idx["a2ee2a_target_inner"], num_atoms, width["a2ee2a"]
+                    ),
                     e2a_sph,
                 ),
             },
             "a2a_rad": self.mlp_rbf_aint.pad_radial_by_atom(
-                a2a_rad_w, idx["a2a_edge_index"][1], idx["a2a_target_inner"], num_atoms
+                a2a_rad_w, idx["a2a_edge_index"][1], idx["a2a_target_inner"], num_atoms, width["a2a"]
             ),
         }

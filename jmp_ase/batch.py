@@ -2,7 +2,9 @@
 
 This is the data transform of the pipeline: validation, the four JMP graphs of every
 structure (:mod:`jmp_ase.graph`), concatenation, and the interaction indices
-(:mod:`jmp_ase.indices`) computed once for the whole batch.
+(:mod:`jmp_ase.indices`) computed once for the whole batch, together with the padded
+widths of their ragged dimensions (:func:`padded_widths`), so that the model's forward
+pass never reads an index tensor's value back to the host.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ class AtomsBatch:
 
     numbers (N,) atomic numbers; positions (N, 3) Å; cell (B, 3, 3) Å (rows are lattice
     vectors, zero for molecules); pbc (B, 3); tags (N,); atom_batch (N,) structure index
-    of each atom; natoms (B,); indices: graphs and interaction indices (index tensors);
+    of each atom; natoms (B,); indices: graphs and interaction indices (index tensors)
+    plus ``indices["padded_width"]`` (plain ints, see :func:`padded_widths`);
     sources: where each structure came from, for error messages (training data).
     """
 
@@ -45,6 +48,8 @@ class AtomsBatch:
         def move(x):
             if isinstance(x, dict):
                 return {k: move(v) for k, v in x.items()}
+            if not torch.is_tensor(x):  # plain ints (padded widths) stay on the host
+                return x
             if torch.is_floating_point(x):
                 return x.to(device=device, dtype=dtype)
             return x.to(device=device)
@@ -54,6 +59,35 @@ class AtomsBatch:
             pbc=move(self.pbc), tags=move(self.tags), atom_batch=move(self.atom_batch),
             natoms=move(self.natoms), indices=move(self.indices), sources=self.sources,
         )
+
+
+# Ragged dimensions the model pads to a dense width: name -> path of the "inner" rank
+# tensor in the interaction indices (0 .. count - 1 within each outer index).
+PADDED_DIMENSIONS = {
+    "trip_e2e": ("trip_e2e", "out_agg"),
+    "trip_a2e": ("trip_a2e", "out_agg"),
+    "trip_e2a": ("trip_e2a", "out_agg"),
+    "quad": ("quad", "out_agg"),
+    "a2ee2a": ("a2ee2a_target_inner",),
+    "a2a": ("a2a_target_inner",),
+}
+
+
+def padded_widths(indices: dict) -> dict[str, int]:
+    """Largest inner rank + 1 (0 when empty) of every ragged dimension, as plain ints.
+
+    ``indices`` is :func:`jmp_ase.indices.interaction_indices`. The model pads triplets,
+    quadruplets and atom neighbours to these widths; computing them here, once per batch
+    while the indices are still on the CPU, keeps device-to-host reads out of its forward
+    pass.
+    """
+    widths = {}
+    for name, path in PADDED_DIMENSIONS.items():
+        inner = indices
+        for key in path:
+            inner = inner[key]
+        widths[name] = int(inner.max()) + 1 if inner.numel() > 0 else 0
+    return widths
 
 
 def atoms_arrays(atoms) -> dict:
@@ -106,6 +140,7 @@ def assemble_batch(arrays: Sequence[dict], graphs: Sequence, dtype: torch.dtype 
     the interaction indices are computed once for the whole batch."""
     natoms = [len(a["numbers"]) for a in arrays]
     indices = interaction_indices(batch_graphs(list(graphs), natoms), sum(natoms))
+    indices["padded_width"] = padded_widths(indices)
     return AtomsBatch(
         numbers=torch.from_numpy(np.concatenate([a["numbers"] for a in arrays])),
         positions=torch.from_numpy(np.concatenate([a["positions"] for a in arrays])).to(dtype),

@@ -12,7 +12,6 @@ from .layers import (
     EfficientInteractionBilinear,
     ResidualLayer,
     ScaleFactor,
-    padded_max,
     scatter_sum,
 )
 
@@ -42,13 +41,15 @@ class TripletInteraction(nn.Module):
         if symmetric_mp:
             self.up_projection_ac = Dense(emb_size_trip_out, emb_size_out, activation=activation, dropout=dropout)
 
-    def forward(self, m, bases, idx, id_swap, expand_idx=None, idx_agg2=None, idx_agg2_inner=None, agg2_out_size=None):
+    def forward(self, m, bases, idx, id_swap, expand_idx=None, idx_agg2=None, idx_agg2_inner=None, agg2_out_size=None,
+                agg2_width=None):
         x_ba = self.dense_ba(m)
         if expand_idx is not None:
             x_ba = x_ba[expand_idx]
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases["rad"]), ref=x_ba)
         x_ba = self.down_projection(x_ba)[idx["in"]]
-        x = self.mlp_cbf(bases["cir"], x_ba, idx["out"], idx["out_agg"], idx_agg2, idx_agg2_inner, agg2_out_size)
+        x = self.mlp_cbf(bases["cir"], x_ba, idx["out"], idx["out_agg"], idx_agg2, idx_agg2_inner, agg2_out_size,
+                         agg2_width)
         x = self.scale_cbf_sum(x, ref=x_ba)
         if self.symmetric_mp:
             return _symmetric_output(self, x, id_swap)
@@ -96,11 +97,12 @@ class PairInteraction(nn.Module):
         self.down_projection = Dense(emb_size_atom, emb_size_pair_in, activation=activation, dropout=dropout)
         self.up_projection = Dense(emb_size_pair_out, emb_size_atom, activation=activation, dropout=dropout)
 
-    def forward(self, h, rad_basis, edge_index, target_inner):
-        """rad_basis (n_atoms, emb_rbf, Kmax) from :meth:`BasisEmbedding.pad_radial_by_atom`."""
+    def forward(self, h, rad_basis, edge_index, target_inner, width: int):
+        """rad_basis (n_atoms, emb_rbf, Kmax) from :meth:`BasisEmbedding.pad_radial_by_atom`;
+        ``width`` = Kmax, the largest ``target_inner`` + 1."""
         num_atoms = h.shape[0]
         x_ba = self.down_projection(h)[edge_index[0]]
-        padded = x_ba.new_zeros(num_atoms, padded_max(target_inner), self.emb_size_pair_in)
+        padded = x_ba.new_zeros(num_atoms, width, self.emb_size_pair_in)
         padded[edge_index[1], target_inner] = x_ba
         out = self.bilinear((rad_basis @ padded).reshape(num_atoms, -1))
         out = self.scale_rbf_sum(out, ref=x_ba)
@@ -211,11 +213,15 @@ class InteractionBlock(nn.Module):
         x_e2e = self.trip_interaction(m, bases["e2e"], idx["trip_e2e"], id_swap)
         x_qint = self.quad_interaction(m, bases["qint"], idx["quad"], id_swap)
         x_a2e = self.atom_edge_interaction(h, bases["a2e"], idx["trip_a2e"], id_swap, expand_idx=aea_index[0])
+        width = idx["padded_width"]
         h_e2a = self.edge_atom_interaction(
             m, bases["e2a"], idx["trip_e2a"], id_swap,
             idx_agg2=aea_index[1], idx_agg2_inner=idx["a2ee2a_target_inner"], agg2_out_size=num_atoms,
+            agg2_width=width["a2ee2a"],
         )
-        h_a2a = self.atom_interaction(h, bases["a2a_rad"], idx["a2a_edge_index"], idx["a2a_target_inner"])
+        h_a2a = self.atom_interaction(
+            h, bases["a2a_rad"], idx["a2a_edge_index"], idx["a2a_target_inner"], width["a2a"]
+        )
 
         x = (x_skip + x_e2e + x_qint + x_a2e) * (1.0 / math.sqrt(4.0))
         h = (h + h_e2a + h_a2a) * (1.0 / math.sqrt(3.0))

@@ -90,6 +90,10 @@ class ScaleFactor(nn.Module):
 
     The buffer ``scale_factor`` is 0 until fitted; while it is 0 the layer is the
     identity. :func:`training.scaling.fit_scale_factors` fits it on real data.
+
+    The forward pass picks the factor with tensor math (``torch.where``), never with a
+    Python ``if`` on its value, so it does not wait for the device; ``x * 1`` is
+    exactly ``x``, so an unfitted layer still returns its input bit for bit.
     """
 
     def __init__(self):
@@ -104,20 +108,14 @@ class ScaleFactor(nn.Module):
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         if self.observer is not None:
             self.observer(x, ref)
-        if self.scale_factor.item() != 0.0:
-            x = x * self.scale_factor
-        return x
+        factor = self.scale_factor
+        return x * torch.where(factor != 0.0, factor, torch.ones_like(factor))
 
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
     """Sum rows of ``src`` (n, ...) into ``dim_size`` bins given by ``index`` (n,)."""
     out = src.new_zeros((dim_size,) + tuple(src.shape[1:]))
     return out.index_add_(0, index, src)
-
-
-def padded_max(inner: torch.Tensor) -> int:
-    """Number of slots needed for a ragged dimension described by inner ranks (0 if empty)."""
-    return int(inner.max().item()) + 1 if inner.numel() > 0 else 0
 
 
 class EdgeEmbedding(nn.Module):
@@ -158,22 +156,25 @@ class BasisEmbedding(nn.Module):
         rad_w = self.radial(rad_basis, sph_basis.shape[-1])[idx_outer]
         return (rad_w @ sph_basis[:, :, None]).squeeze(-1)
 
-    def forward_padded(self, rad_basis, sph_basis, idx_sph_outer, idx_sph_inner):
-        """Returns (W(rad) (n_edges, emb, num_sph), sph padded (n_edges, num_sph, Kmax))."""
+    def forward_padded(self, rad_basis, sph_basis, idx_sph_outer, idx_sph_inner, width: int):
+        """Returns (W(rad) (n_edges, emb, num_sph), sph padded (n_edges, num_sph, Kmax)).
+
+        ``width`` = Kmax, the largest ``idx_sph_inner`` + 1 (``AtomsBatch.indices["padded_width"]``).
+        """
         n_edges = rad_basis.shape[0]
         rad_w = self.radial(rad_basis, sph_basis.shape[-1])
-        kmax = padded_max(idx_sph_inner)
-        sph = sph_basis.new_zeros(n_edges, kmax, sph_basis.shape[-1])
+        sph = sph_basis.new_zeros(n_edges, width, sph_basis.shape[-1])
         sph[idx_sph_outer, idx_sph_inner] = sph_basis
         return rad_w, sph.transpose(1, 2)
 
-    def pad_radial_by_atom(self, rad_w: torch.Tensor, idx_outer, idx_inner, num_atoms: int) -> torch.Tensor:
+    def pad_radial_by_atom(self, rad_w: torch.Tensor, idx_outer, idx_inner, num_atoms: int,
+                           width: int) -> torch.Tensor:
         """Arrange per-edge radial weights (n_edges, emb[, num_sph]) per target atom.
 
-        Returns (num_atoms, emb, Kmax * num_sph) (or Kmax for a radial-only basis).
+        Returns (num_atoms, emb, Kmax * num_sph) (or Kmax for a radial-only basis), where
+        ``width`` = Kmax is the largest ``idx_inner`` + 1.
         """
-        kmax = padded_max(idx_inner)
-        padded = rad_w.new_zeros((num_atoms, kmax) + tuple(rad_w.shape[1:]))
+        padded = rad_w.new_zeros((num_atoms, width) + tuple(rad_w.shape[1:]))
         padded[idx_outer, idx_inner] = rad_w
         return padded.transpose(1, 2).reshape(num_atoms, rad_w.shape[1], -1)
 
@@ -186,16 +187,20 @@ class EfficientInteractionBilinear(nn.Module):
         self.emb_size_in = emb_size_in
         self.bilinear = Dense(emb_size_in * emb_size_interm, emb_size_out, dropout=dropout)
 
-    def forward(self, basis, m, idx_agg_outer, idx_agg_inner, idx_agg2_outer=None, idx_agg2_inner=None, agg2_out_size=None):
-        """basis = (rad_w (n_out, interm, S[*K2]), sph (n_edges, S, K)); m (n_trip, emb_in)."""
+    def forward(self, basis, m, idx_agg_outer, idx_agg_inner, idx_agg2_outer=None, idx_agg2_inner=None,
+                agg2_out_size=None, agg2_width=None):
+        """basis = (rad_w (n_out, interm, S[*K2]), sph (n_edges, S, K)); m (n_trip, emb_in).
+
+        A second aggregation (edges onto ``agg2_out_size`` atoms) pads to ``agg2_width`` = K2,
+        the largest ``idx_agg2_inner`` + 1.
+        """
         rad_w, sph = basis
         n_edges = sph.shape[0]
         m_padded = m.new_zeros(n_edges, sph.shape[2], self.emb_size_in)
         m_padded[idx_agg_outer, idx_agg_inner] = m
         sph_m = sph @ m_padded  # (n_edges, S, emb_in)
         if idx_agg2_outer is not None:
-            kmax2 = padded_max(idx_agg2_inner)
-            sph_m_padded = sph_m.new_zeros(agg2_out_size, kmax2, sph_m.shape[1], sph_m.shape[2])
+            sph_m_padded = sph_m.new_zeros(agg2_out_size, agg2_width, sph_m.shape[1], sph_m.shape[2])
             sph_m_padded[idx_agg2_outer, idx_agg2_inner] = sph_m
             sph_m = sph_m_padded.reshape(agg2_out_size, -1, sph_m.shape[-1])
         out = rad_w @ sph_m  # (n_out, interm, emb_in)

@@ -11,6 +11,7 @@ from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from jmp_ase.batch import batch_from_atoms
 from jmp_ase.calculator import JMPCalculator
 from models import emt_clusters
 from jmp_ase.checkpoint import load_model
@@ -21,6 +22,7 @@ from training.data import DatasetSpec, collate
 from training.finetune import (
     EMACallback, ErrorSums, FinetuneConfig, build_model, compute_losses, energy_loss, force_loss, run_finetune,
 )
+from training.scaling import scale_factors
 from training.schedules import WarmupCosineRLP, param_groups_with_llrd, warmup_cosine_factor
 
 
@@ -211,6 +213,29 @@ def test_finetune_from_jmp_checkpoint(finetuned, data_dir, reference_dir):
     assert np.mean(errors) == pytest.approx(summary["val"]["val_energy_mae"], rel=1e-3, abs=1e-5)
 
 
+def scaled_variance_ratios(model, atoms, batch_size):
+    """Per ScaleFactor: mean over batches of var(scaled output) / var(reference input)."""
+    ratios = {name: [] for name in scale_factors(model)}
+
+    def observer(name, layer):
+        def observe(x, ref):
+            var_in = torch.var(ref, dim=0).mean() if ref is not None else torch.tensor(1.0)
+            var_out = torch.var(x, dim=0).mean() * layer.scale_factor**2
+            ratios[name].append(float(var_out / var_in))
+        return observe
+
+    for name, layer in scale_factors(model).items():
+        layer.observer = observer(name, layer)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(atoms), batch_size):
+                model(batch_from_atoms(atoms[start:start + batch_size], model.graph_settings), compute_forces=False)
+    finally:
+        for layer in scale_factors(model).values():
+            layer.observer = None
+    return {name: float(np.mean(r)) for name, r in ratios.items() if r}
+
+
 def test_finetune_from_scratch_scalar_target(data_dir, tmp_path):
     summary = run_finetune(base_config(data_dir, tmp_path / "gap", scratch=True, backbone="tiny", targets="gap",
                                        reductions={"gap": "mean"}, units={"gap": "eV"}, max_epochs=1))
@@ -218,9 +243,15 @@ def test_finetune_from_scratch_scalar_target(data_dir, tmp_path):
     assert [h.name for h in model.model_config.heads] == ["gap"]
     assert model.model_config.provenance["parent"] == "scratch"
     assert "gap: MAE" in summary["text"]
-    # scratch runs fit the ScaleFactors on training batches first (a fresh model has them all at 1)
-    factors = [float(v) for k, v in model.state_dict().items() if k.endswith("scale_factor")]
-    assert factors and not np.allclose(factors, 1.0)
+    # scratch runs fit the ScaleFactors on training batches first: a fresh model has them all at 0
+    # (identity); fitting sets each to a positive value that brings the variance of its output
+    # back to that of its reference input on the training data (training moves that only a little)
+    factors = scale_factors(model)
+    values = torch.stack([m.scale_factor for m in factors.values()])
+    assert factors and torch.isfinite(values).all() and (values > 0).all(), values
+    ratios = scaled_variance_ratios(model, ase.io.read(data_dir / "train.extxyz", ":"), batch_size=6)
+    assert set(ratios) == set(factors)
+    assert all(0.5 < r < 2.0 for r in ratios.values()), ratios
     with open(summary["metrics_csv"]) as f:
         elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(f)]
     assert len(elapsed) == 1 and elapsed[0] > 0

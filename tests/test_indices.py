@@ -1,12 +1,12 @@
 """Tests of jmp_ase.indices against slow, obvious brute-force enumerations."""
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from jmp_ase.indices import (
     inner_index,
@@ -400,8 +400,41 @@ def test_interaction_indices_float_offsets():
     assert torch.equal(out_i["trip_e2a"]["in"], out_f["trip_e2a"]["in"])
 
 
-def test_interaction_indices_speed():
-    """100 atoms, 3,000 main edges: well under a second."""
+class TorchWork(TorchFunctionMode):
+    """Counts torch calls and the elements of the tensors they return: a deterministic
+    measure of the work a function does (unlike a wall-clock time, it does not flake)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.elements = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.calls += 1
+        self.elements += _numel(out)
+        return out
+
+
+def _numel(out) -> int:
+    """Elements of a tensor, or of the tensors in a (nested) tuple or list (e.g. torch.sort's)."""
+    if isinstance(out, torch.Tensor):
+        return out.numel()
+    if isinstance(out, (tuple, list)):
+        return sum(_numel(x) for x in out)
+    return 0
+
+
+def _work(graphs, n):
+    with TorchWork() as work:
+        out = interaction_indices(graphs, n)
+    return work, out
+
+
+def test_interaction_indices_cost_is_vectorised_and_linear():
+    """100 atoms, 3,000 main edges, and the same graph twice (two disjoint copies): the
+    indices take the same number of torch calls (no per-edge or per-atom Python loop) and
+    produce twice the elements (no all-pairs step), exactly as the outputs double."""
     gen = torch.Generator().manual_seed(0)
     n = 100
 
@@ -416,12 +449,18 @@ def test_interaction_indices_speed():
         "qint": rand_graph(800),
         "a2a": rand_graph(5000),
     }
-    interaction_indices(graphs, n)  # warm-up
-    t0 = time.perf_counter()
-    out = interaction_indices(graphs, n)
-    dt = time.perf_counter() - t0
+    twice = {
+        k: {"edge_index": torch.cat([g["edge_index"], g["edge_index"] + n], dim=1),
+            "cell_offset": torch.cat([g["cell_offset"], g["cell_offset"]])}
+        for k, g in graphs.items()
+    }
+    once, out = _work(graphs, n)
+    double, out2 = _work(twice, 2 * n)
     assert out["quad"]["out"].numel() > 0
-    assert dt < 1.0, f"interaction_indices took {dt:.3f} s"
+    for key in ("trip_e2e", "trip_a2e", "trip_e2a", "quad"):
+        assert out2[key]["out"].numel() == 2 * out[key]["out"].numel()
+    assert double.calls == once.calls
+    assert double.elements <= 2 * once.elements + 1000, (once.elements, double.elements)
 
 
 def _scaled(off, scale):

@@ -16,6 +16,8 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from torch import nn
 
+from jmp_ase.batch import batch_from_atoms
+from jmp_ase.heads import direct_forces
 from jmp_ase.jmp_checkpoint import ema_keys
 from jmp_ase.layers import ScaleFactor
 from jmp_ase.model import load_jmp_pretrained
@@ -335,11 +337,23 @@ def test_pretrain_exports_jmp_checkpoint(datasets, tmp_path):
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert "train/loss" in lines[0] and "train/mols/force_loss" in lines[0] and len(lines) >= 4
     assert "val/slabs/energy_mae" in lines[0] and "val/mols/forces_mae" in lines[0] and "val/loss" in lines[0]
-    atoms = ase.io.read(datasets["mols"], 0)
-    label = atoms.get_potential_energy()
-    atoms.calc = pretrained_calculator(out, "mols")
-    assert np.isfinite(atoms.get_potential_energy()) and abs(atoms.get_potential_energy() - label) < 50
-    assert atoms.get_forces().shape == (len(atoms), 3)
+    # The exported head predicts eV and eV/Å: its normalised outputs times the data set's statistics,
+    # plus its element references, all as the file states them (computed here by hand).
+    mols = hp["tasks"][1]
+    assert abs(mols["energy_std"] - 1) > 0.1 and abs(mols["force_rms"] - 1) > 0.1  # units tell apart
+    calc = pretrained_calculator(out, "mols")
+    for atoms in ase.io.read(datasets["mols"], ":3"):
+        batch = batch_from_atoms([atoms], calc.graph_settings)
+        with torch.no_grad():
+            emb = averaged.embed(batch)
+            energy_head = averaged.output.out_energy[1](emb.node_embedding)[:, 0].sum().item()
+            force_head = direct_forces(averaged.output.out_forces[1](emb.edge_embedding)[:, 0], emb.vector,
+                                       emb.edge_index[1], len(atoms)).numpy()
+        energy = mols["energy_std"] * energy_head + sum(mols["element_references"][int(z)] for z in atoms.numbers)
+        atoms.calc = calc
+        assert atoms.get_potential_energy() == pytest.approx(energy, rel=1e-5, abs=1e-5 * mols["energy_std"])
+        np.testing.assert_allclose(atoms.get_forces(), mols["force_rms"] * force_head, rtol=1e-4,
+                                   atol=1e-5 * mols["force_rms"])
 
 
 def test_nan_loss_stops_with_clear_message(datasets, tmp_path):
