@@ -19,9 +19,9 @@ from jmp_ase.config import tiny
 from jmp_ase.heads import HeadSpec
 from jmp_ase.model import FineTunedModel, ModelConfig
 from training.data import DatasetSpec, collate
-from training.finetune import (
-    EMACallback, ErrorSums, FinetuneConfig, build_model, compute_losses, energy_loss, force_loss, run_finetune,
-)
+from training.ema import EMACallback
+from training.finetune import ErrorSums, FinetuneConfig, build_model, run_finetune
+from training.losses import compute_losses, energy_loss, force_loss
 from training.scaling import scale_factors
 from training.schedules import WarmupCosineRLP, param_groups_with_llrd, warmup_cosine_factor
 

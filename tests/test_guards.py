@@ -17,7 +17,8 @@ from ase.constraints import FixAtoms
 from jmp_ase import JMPCalculator
 from jmp_ase.calculator import FORCE_WARNING
 from training.data import StructureDataset, collate
-from training.finetune import check_force_errors, run_finetune
+from training.finetune import run_finetune
+from training.losses import check_force_errors
 from models import tiny_model
 
 

@@ -35,6 +35,8 @@ from jmp_ase.heads import HeadSpec
 from jmp_ase.model import FineTunedModel, ModelConfig, _resolve_config, load_jmp_pretrained
 
 from .data import DatasetSpec, collate, dataset_statistics, fit_element_references, split_by_fraction
+from .ema import EMACallback
+from .losses import check_force_errors, compute_losses
 from .scaling import fit_scale_factors
 from .schedules import WarmupCosineRLP, param_groups_with_llrd
 
@@ -127,28 +129,6 @@ class FinetuneConfig:
         return cls.from_dict(values)
 
 
-# ----------------------------------------------------------------------------- losses and errors
-def energy_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MAE over structures (also used for stress components and graph-level scalars)."""
-    return (pred - target).abs().mean()
-
-
-def force_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over atoms of the Euclidean norm of the force error (JMP's L2-MAE)."""
-    return (pred - target).norm(dim=-1).mean()
-
-
-def compute_losses(preds: dict, targets: dict, weights: dict, scales: dict) -> tuple[torch.Tensor, dict]:
-    """Total loss Σ_t w_t L_t / σ_t and the unweighted per-target terms L_t (physical units)."""
-    terms = {}
-    total = 0.0
-    for name, target in targets.items():
-        loss_fn = force_loss if name == "forces" else energy_loss
-        terms[name] = loss_fn(preds[name], target)
-        total = total + weights.get(name, 1.0) * terms[name] / scales.get(name, 1.0)
-    return total, terms
-
-
 class ErrorSums:
     """Accumulates, per target, the loss measure and component-wise absolute/squared errors."""
 
@@ -237,25 +217,6 @@ def smooth_dihedral_setting(config: FinetuneConfig) -> bool:
     return "forces" in config.targets and not config.direct_forces
 
 
-def check_force_errors(preds: dict, targets: dict, batch, limit: float) -> None:
-    """Raise ``FloatingPointError`` naming the structures whose largest per-atom force error
-    exceeds ``limit`` (eV/Å): a model that diverges must stop, not write a model file."""
-    if "forces" not in preds or "forces" not in targets:
-        return
-    error = (preds["forces"].detach() - targets["forces"]).norm(dim=-1)
-    worst = torch.zeros(batch.num_structures, dtype=error.dtype, device=error.device)
-    worst = worst.scatter_reduce(0, batch.atom_batch, error, reduce="amax")
-    bad = ~(worst <= limit)  # NaN counts as bad
-    if bad.any():
-        rows = [f"{batch.sources[k][0]}: structure {batch.sources[k][1]} ({float(worst[k]):.4g} eV/Å)"
-                if k < len(batch.sources) else f"batch structure {k} ({float(worst[k]):.4g} eV/Å)"
-                for k in torch.nonzero(bad).flatten().tolist()[:10]]
-        raise FloatingPointError(
-            f"force errors above {limit:.4g} eV/Å (force_error_limit x the force labels' RMS); the model "
-            "diverged on: " + "; ".join(rows)
-        )
-
-
 def build_model(config: FinetuneConfig, train_set) -> tuple[FineTunedModel, dict]:
     """The fine-tuning model (parent weights, new heads) and the training-set statistics."""
     labels = [train_set.labels(i) for i in range(len(train_set))]
@@ -290,51 +251,6 @@ def build_model(config: FinetuneConfig, train_set) -> tuple[FineTunedModel, dict
 
 
 # ----------------------------------------------------------------------------- Lightning
-class EMACallback(L.Callback):
-    """Exponential moving average of the weights (``decay`` 0.99), swapped in for validation."""
-
-    def __init__(self, decay: float = 0.99):
-        self.decay = decay
-        self.shadow: dict | None = None
-        self._backup: dict | None = None
-
-    def _floats(self, module):
-        return {k: v for k, v in module.model.state_dict().items() if v.is_floating_point()}
-
-    def on_fit_start(self, trainer, pl_module):
-        weights = self._floats(pl_module)
-        if self.shadow is None:
-            self.shadow = {k: v.detach().clone() for k, v in weights.items()}
-        self.shadow = {k: v.to(weights[k].device) for k, v in self.shadow.items()}
-
-    @torch.no_grad()
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        for k, v in self._floats(pl_module).items():
-            self.shadow[k].lerp_(v, 1.0 - self.decay)
-
-    def swap_in(self, pl_module):
-        if self.shadow is not None and self._backup is None:
-            self._backup = {k: v.detach().clone() for k, v in self._floats(pl_module).items()}
-            pl_module.model.load_state_dict(self.shadow, strict=False)
-
-    def swap_out(self, pl_module):
-        if self._backup is not None:
-            pl_module.model.load_state_dict(self._backup, strict=False)
-            self._backup = None
-
-    def on_validation_start(self, trainer, pl_module):
-        self.swap_in(pl_module)
-
-    def on_validation_end(self, trainer, pl_module):
-        self.swap_out(pl_module)
-
-    def state_dict(self):
-        return {"decay": self.decay, "shadow": self.shadow}
-
-    def load_state_dict(self, state):
-        self.decay, self.shadow = state["decay"], state["shadow"]
-
-
 class FinetuneModule(L.LightningModule):
     """Training/validation steps, optimiser and schedule, metrics.csv and the best model file."""
 

@@ -8,6 +8,9 @@ on normalised targets, each structure predicted by its own data set's heads. JMP
 λ_E = 1 and λ_F = the mean number of atoms per structure of the data set
 (``energy_loss_scale`` / ``force_loss_scale`` in ``tasks/pretrain/module.py``; its
 ``structurewise_loss_reduction=True``, mean reductions, all atoms, fixed ones included).
+
+Fine-tuning's losses (MAE for energy, stress and graph-level scalars, the mean Euclidean
+norm of the force error per atom) and its guard against diverging force errors are here too.
 """
 from __future__ import annotations
 
@@ -55,3 +58,44 @@ def per_task_means(values: torch.Tensor, task: torch.Tensor, num_tasks: int) -> 
         mask = task == t
         out.append(values[mask].mean() if bool(mask.any()) else None)
     return out
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+def energy_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MAE over structures (also used for stress components and graph-level scalars)."""
+    return (pred - target).abs().mean()
+
+
+def force_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over atoms of the Euclidean norm of the force error (JMP's L2-MAE)."""
+    return (pred - target).norm(dim=-1).mean()
+
+
+def compute_losses(preds: dict, targets: dict, weights: dict, scales: dict) -> tuple[torch.Tensor, dict]:
+    """Total loss Σ_t w_t L_t / σ_t and the unweighted per-target terms L_t (physical units)."""
+    terms = {}
+    total = 0.0
+    for name, target in targets.items():
+        loss_fn = force_loss if name == "forces" else energy_loss
+        terms[name] = loss_fn(preds[name], target)
+        total = total + weights.get(name, 1.0) * terms[name] / scales.get(name, 1.0)
+    return total, terms
+
+
+def check_force_errors(preds: dict, targets: dict, batch, limit: float) -> None:
+    """Raise ``FloatingPointError`` naming the structures whose largest per-atom force error
+    exceeds ``limit`` (eV/Å): a model that diverges must stop, not write a model file."""
+    if "forces" not in preds or "forces" not in targets:
+        return
+    error = (preds["forces"].detach() - targets["forces"]).norm(dim=-1)
+    worst = torch.zeros(batch.num_structures, dtype=error.dtype, device=error.device)
+    worst = worst.scatter_reduce(0, batch.atom_batch, error, reduce="amax")
+    bad = ~(worst <= limit)  # NaN counts as bad
+    if bad.any():
+        rows = [f"{batch.sources[k][0]}: structure {batch.sources[k][1]} ({float(worst[k]):.4g} eV/Å)"
+                if k < len(batch.sources) else f"batch structure {k} ({float(worst[k]):.4g} eV/Å)"
+                for k in torch.nonzero(bad).flatten().tolist()[:10]]
+        raise FloatingPointError(
+            f"force errors above {limit:.4g} eV/Å (force_error_limit x the force labels' RMS); the model "
+            "diverged on: " + "; ".join(rows)
+        )
