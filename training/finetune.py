@@ -262,6 +262,8 @@ class FinetuneModule(L.LightningModule):
         self.steps_per_epoch = max(int(steps_per_epoch), 1)
         self.provenance = provenance or {}
         self.best = {"val_loss": math.inf, "epoch": -1}
+        # eV/Å: a structure whose force error exceeds this stops the run (check_force_errors)
+        self.force_error_limit = config.force_error_limit * scales.get("forces", 1.0)
         self._train, self._val, self._val_metrics = ErrorSums(), ErrorSums(), {}
 
     def on_fit_start(self):
@@ -278,7 +280,7 @@ class FinetuneModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         atoms_batch, targets = batch
         preds = self(atoms_batch)
-        check_force_errors(preds, targets, atoms_batch, self.config.force_error_limit * self.scales.get("forces", 1.0))
+        check_force_errors(preds, targets, atoms_batch, self.force_error_limit)
         loss, terms = compute_losses(preds, targets, self.weights, self.scales)
         self._train.add(preds, targets)
         self.log("loss", loss.detach(), prog_bar=True, batch_size=atoms_batch.num_structures)
@@ -288,7 +290,7 @@ class FinetuneModule(L.LightningModule):
         atoms_batch, targets = batch
         with torch.enable_grad():
             preds = self(atoms_batch)
-        check_force_errors(preds, targets, atoms_batch, self.config.force_error_limit * self.scales.get("forces", 1.0))
+        check_force_errors(preds, targets, atoms_batch, self.force_error_limit)
         self._val.add(preds, targets)
 
     def _synced(self, errors: ErrorSums) -> ErrorSums:
