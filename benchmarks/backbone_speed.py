@@ -3,12 +3,12 @@
 Two ways to get forces are timed on prebuilt graphs:
 
 * ``direct``: pre-training style, the energy head and the direct-force head of
-  :class:`~jmp_ase.model.JMPPretrainedModel` under ``torch.no_grad()``;
-* ``conservative``: a fine-tuning energy head (:class:`~jmp_ase.model.FineTunedModel`)
+  :class:`~jmp_ase.nn.model.JMPPretrainedModel` under ``torch.no_grad()``;
+* ``conservative``: a fine-tuning energy head (:class:`~jmp_ase.nn.model.FineTunedModel`)
   with forces = -dE/dr by autograd, as the ASE calculator computes them for MD.
 
 Graph construction (the four radius graphs plus the interaction indices, i.e.
-:func:`jmp_ase.batch.batch_from_atoms`) is timed separately; the table gives its share of
+:func:`jmp_ase.data.batch.batch_from_atoms`) is timed separately; the table gives its share of
 graph + model time. Systems: ``aspirin`` (21-atom molecule) and rattled fcc Cu supercells
 of about N atoms (periodic), cutoff 12 Å, max_neighbors 30 as in JMP.
 
@@ -39,11 +39,11 @@ except ImportError:  # a clone without `pip install -e .`
 
 from ase.build import bulk  # noqa: E402
 
-from jmp_ase.batch import batch_from_atoms  # noqa: E402
-from jmp_ase.config import jmp_s  # noqa: E402
-from jmp_ase.graph import GraphSettings  # noqa: E402
-from jmp_ase.heads import HeadSpec  # noqa: E402
-from jmp_ase.model import FineTunedModel, JMPPretrainedModel, ModelConfig  # noqa: E402
+from jmp_ase.data.batch import batch_from_atoms  # noqa: E402
+from jmp_ase.nn.config import jmp_s  # noqa: E402
+from jmp_ase.data.graphs import GraphSettings  # noqa: E402
+from jmp_ase.nn.heads import HeadSpec  # noqa: E402
+from jmp_ase.nn.model import FineTunedModel, JMPPretrainedModel, ModelConfig  # noqa: E402
 
 CUTOFF, MAX_NEIGHBORS = 12.0, 30
 

@@ -22,7 +22,7 @@ import torch
 from ase.build import bulk, fcc111, molecule
 
 from jmp_ase import JMPCalculator
-from jmp_ase.evaluation import labelled_errors
+from jmp_ase.calculators.evaluation import labelled_errors
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE.parent / "tests" / "data" / "jmp-reference"

@@ -37,7 +37,7 @@ SHIPPED_SMALL = "jmp-mini-catalysis"
 
 def small_model(path: str | None):
     """(model, description) for the ``small`` entry."""
-    from jmp_ase.checkpoint import load_model, resolve_model_path
+    from jmp_ase.io.model_file import load_model, resolve_model_path
 
     if path is None:
         try:
@@ -49,9 +49,9 @@ def small_model(path: str | None):
         return model, f"{path} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)"
     import torch
 
-    from jmp_ase.config import tiny
-    from jmp_ase.heads import HeadSpec
-    from jmp_ase.model import FineTunedModel, ModelConfig
+    from jmp_ase.nn.config import tiny
+    from jmp_ase.nn.heads import HeadSpec
+    from jmp_ase.nn.model import FineTunedModel, ModelConfig
 
     torch.manual_seed(0)
     model = FineTunedModel(ModelConfig(tiny(), [HeadSpec("energy")], cutoff=6.0, max_neighbors=30))
@@ -63,9 +63,9 @@ def small_model(path: str | None):
 def jmp_s_model():
     import torch
 
-    from jmp_ase.config import jmp_s
-    from jmp_ase.heads import HeadSpec
-    from jmp_ase.model import FineTunedModel, ModelConfig
+    from jmp_ase.nn.config import jmp_s
+    from jmp_ase.nn.heads import HeadSpec
+    from jmp_ase.nn.model import FineTunedModel, ModelConfig
 
     torch.manual_seed(0)
     model = FineTunedModel(ModelConfig(jmp_s(), [HeadSpec("energy")], cutoff=12.0, max_neighbors=30))
@@ -91,7 +91,7 @@ def worker(args) -> dict:
     from ase.md import velocitydistribution as vd
     from backbone_speed import fcc_cu
 
-    from jmp_ase.calculator import JMPCalculator
+    from jmp_ase.calculators.calculator import JMPCalculator
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from jmp_ase.config import named_config
-from jmp_ase.graph import GraphSettings
-from jmp_ase.heads import HeadSpec
-from jmp_ase.model import FineTunedModel, ModelConfig
-from training.data import StructureDataset, collate, read_structures
-from training.finetune import compute_losses
+from jmp_ase.nn.config import named_config
+from jmp_ase.data.graphs import GraphSettings
+from jmp_ase.nn.heads import HeadSpec
+from jmp_ase.nn.model import FineTunedModel, ModelConfig
+from jmp_ase.training.data import StructureDataset, collate, read_structures
+from jmp_ase.training.finetune import compute_losses
 
 SETS = {"molecules": ("molecules-gfn2/train.extxyz", 12.0), "catalysis": ("catalysis-emt/train.extxyz", 12.0)}
 

@@ -125,7 +125,7 @@ class Run:
 
     def calculator(self, atoms: Atoms):
         """A :class:`JMPCalculator` for ``--model`` (logged with the elements it was trained on)."""
-        from jmp_ase.calculator import JMPCalculator
+        from jmp_ase.calculators.calculator import JMPCalculator
 
         try:
             calc = JMPCalculator(self.args.model, device=self.args.device, dtype=self.args.dtype)

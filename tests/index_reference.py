@@ -1,5 +1,5 @@
 """Random graphs and slow, obvious brute-force enumerations that tests/test_indices.py
-compares jmp_ase.indices against."""
+compares jmp_ase.data.indices against."""
 from __future__ import annotations
 
 import itertools

@@ -15,9 +15,9 @@ from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from jmp_ase.config import tiny
-from jmp_ase.heads import HeadSpec
-from jmp_ase.model import FineTunedModel, ModelConfig
+from jmp_ase.nn.config import tiny
+from jmp_ase.nn.heads import HeadSpec
+from jmp_ase.nn.model import FineTunedModel, ModelConfig
 
 ELEMENTS = [1, 6, 7, 8, 11, 14, 17]
 

@@ -5,9 +5,9 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 
-from jmp_ase.calculator import JMPCalculator, StressUnavailableError
-from jmp_ase.checkpoint import save_model
-from jmp_ase.heads import HeadSpec
+from jmp_ase.calculators.calculator import JMPCalculator, StressUnavailableError
+from jmp_ase.io.model_file import save_model
+from jmp_ase.nn.heads import HeadSpec
 from models import methanol, tiny_model, triclinic_crystal, water
 
 

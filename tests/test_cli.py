@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from jmp_ase import __version__
 from models import emt_clusters
-from training.cli import main
+from jmp_ase.training.cli import main
 
 
 def write_clusters(path, n, seed):
@@ -91,13 +91,13 @@ def test_evaluate_writes_csv_and_plot(run_dir, tmp_path):
 
 def test_pretrain_hook_calls_run_pretrain(tmp_path, monkeypatch):
     seen = {}
-    fake = types.ModuleType("training.pretrain")
+    fake = types.ModuleType("jmp_ase.training.pretrain")
     def fake_run(config, resume=None):
         seen.update(config=config, resume=resume)
         return "pretrain.ckpt"
 
     fake.run_pretrain = fake_run
-    monkeypatch.setitem(sys.modules, "training.pretrain", fake)
+    monkeypatch.setitem(sys.modules, "jmp_ase.training.pretrain", fake)
     (tmp_path / "p.yaml").write_text("datasets: [a, b]\nmax_epochs: 2\n")
     result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml")])
     assert result.exit_code == 0, result.output

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from jmp_ase.model import load_jmp_pretrained
+from jmp_ase.nn.model import load_jmp_pretrained
 from test_pretrain import PYTHON, REPO, pretrain_config, subprocess_env, write_datasets
 
 # Failures that mean "gloo cannot run here", not "the code is wrong".
@@ -22,7 +22,7 @@ def test_ddp_two_processes(tmp_path):
                           checkpoint_every_n_steps=3, val_every_n_steps=3)
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([PYTHON, "-m", "training.pretrain", str(path)], cwd=REPO, env=subprocess_env(),
+    proc = subprocess.run([PYTHON, "-m", "jmp_ase.training.pretrain", str(path)], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=170)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0 and _NO_GLOO.search(log):

@@ -16,9 +16,9 @@ from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 
 from jmp_ase import JMPCalculator
-from jmp_ase.bases import SphericalBasisLayer, dihedral_angle, legendre_basis
-from jmp_ase.checkpoint import load_model, save_model
-from jmp_ase.model import FineTunedModel
+from jmp_ase.nn.bases import SphericalBasisLayer, dihedral_angle, legendre_basis
+from jmp_ase.io.model_file import load_model, save_model
+from jmp_ase.nn.model import FineTunedModel
 from models import tiny_model
 
 ELEMENTS = [1, 6, 8, 29]

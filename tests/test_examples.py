@@ -15,10 +15,10 @@ import pytest
 import torch
 from ase.io import read
 
-from jmp_ase.checkpoint import save_model
-from jmp_ase.config import tiny
-from jmp_ase.heads import HeadSpec
-from jmp_ase.model import FineTunedModel, ModelConfig
+from jmp_ase.io.model_file import save_model
+from jmp_ase.nn.config import tiny
+from jmp_ase.nn.heads import HeadSpec
+from jmp_ase.nn.model import FineTunedModel, ModelConfig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "md_examples"
 ELEMENTS = [1, 6, 8, 29, 78, 79]  # H C O Cu Pt Au: everything the examples build

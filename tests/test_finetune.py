@@ -1,4 +1,4 @@
-"""training.finetune and training.schedules: losses, LLRD, schedule, EMA, a short fine-tuning run."""
+"""jmp_ase.training.finetune and jmp_ase.training.schedules: losses, LLRD, schedule, EMA, a short fine-tuning run."""
 import csv
 import dataclasses
 import math
@@ -11,19 +11,19 @@ from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from jmp_ase.batch import batch_from_atoms
-from jmp_ase.calculator import JMPCalculator
+from jmp_ase.data.batch import batch_from_atoms
+from jmp_ase.calculators.calculator import JMPCalculator
 from models import emt_clusters
-from jmp_ase.checkpoint import load_model
-from jmp_ase.config import tiny
-from jmp_ase.heads import HeadSpec
-from jmp_ase.model import FineTunedModel, ModelConfig
-from training.data import DatasetSpec, collate
-from training.ema import EMACallback
-from training.finetune import ErrorSums, FinetuneConfig, build_model, run_finetune
-from training.losses import compute_losses, energy_loss, force_loss
-from training.scaling import scale_factors
-from training.schedules import WarmupCosineRLP, param_groups_with_llrd, warmup_cosine_factor
+from jmp_ase.io.model_file import load_model
+from jmp_ase.nn.config import tiny
+from jmp_ase.nn.heads import HeadSpec
+from jmp_ase.nn.model import FineTunedModel, ModelConfig
+from jmp_ase.training.data import DatasetSpec, collate
+from jmp_ase.training.ema import EMACallback
+from jmp_ase.training.finetune import ErrorSums, FinetuneConfig, build_model, run_finetune
+from jmp_ase.training.losses import compute_losses, energy_loss, force_loss
+from jmp_ase.training.scaling import scale_factors
+from jmp_ase.training.schedules import WarmupCosineRLP, param_groups_with_llrd, warmup_cosine_factor
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_finetune_from_jmp_checkpoint(finetuned, data_dir, reference_dir):
     assert provenance["best_epoch"] == summary["best_epoch"]
     assert provenance["data"]["train"].endswith("train.extxyz")
     # backbone weights come from the parent (EMA), moved by at most a few steps of training
-    from jmp_ase.model import load_jmp_pretrained
+    from jmp_ase.nn.model import load_jmp_pretrained
 
     parent, _ = load_jmp_pretrained(reference_dir / "jmp-tiny-pretrain.ckpt", ema=True)
     w0 = parent.state_dict()["embedding.atom_embedding.weight"]
@@ -302,7 +302,7 @@ def test_direct_forces_and_stress_heads_train(tmp_path):
 
 
 def test_scratch_takes_the_parents_architecture_not_its_weights(data_dir, reference_dir):
-    from training.finetune import load_parent
+    from jmp_ase.training.finetune import load_parent
 
     parent = str(reference_dir / "jmp-tiny-pretrain.ckpt")
     config = FinetuneConfig.from_dict(dict(base_config(data_dir, "unused"), pretrained=parent, scratch=True))

@@ -1,4 +1,4 @@
-"""Tests of jmp_ase.graph: JMP's neighbour lists (main / a2a / a2ee2a / qint)."""
+"""Tests of jmp_ase.data.graphs: JMP's neighbour lists (main / a2a / a2ee2a / qint)."""
 from __future__ import annotations
 
 import itertools
@@ -10,8 +10,8 @@ import torch
 from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 
-from jmp_ase import graph as G
-from jmp_ase.graph import (
+from jmp_ase.data import graphs as G
+from jmp_ase.data.graphs import (
     GRAPH_TYPES,
     GraphSettings,
     batch_graphs,

@@ -1,12 +1,12 @@
-"""Cost of jmp_ase.graph, counted rather than timed (a wall-clock limit flakes under load)."""
+"""Cost of jmp_ase.data.graphs, counted rather than timed (a wall-clock limit flakes under load)."""
 from __future__ import annotations
 
 import tracemalloc
 
 from ase.build import bulk
 
-from jmp_ase import graph as G
-from jmp_ase.graph import GraphSettings, structure_graphs
+from jmp_ase.data import graphs as G
+from jmp_ase.data.graphs import GraphSettings, structure_graphs
 
 
 def test_large_cell_is_linear_not_all_pairs(monkeypatch):

@@ -15,10 +15,10 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
 from jmp_ase import JMPCalculator
-from jmp_ase.calculator import FORCE_WARNING
-from training.data import StructureDataset, collate
-from training.finetune import run_finetune
-from training.losses import check_force_errors
+from jmp_ase.calculators.calculator import FORCE_WARNING
+from jmp_ase.training.data import StructureDataset, collate
+from jmp_ase.training.finetune import run_finetune
+from jmp_ase.training.losses import check_force_errors
 from models import tiny_model
 
 

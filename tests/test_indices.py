@@ -1,4 +1,4 @@
-"""Tests of jmp_ase.indices against slow, obvious brute-force enumerations."""
+"""Tests of jmp_ase.data.indices against slow, obvious brute-force enumerations."""
 from __future__ import annotations
 
 from collections import Counter
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from jmp_ase.indices import (
+from jmp_ase.data.indices import (
     inner_index,
     interaction_indices,
     mixed_triplets,

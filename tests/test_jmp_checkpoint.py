@@ -1,4 +1,4 @@
-"""Tests of jmp_ase.jmp_checkpoint: safe reading of original JMP checkpoints."""
+"""Tests of jmp_ase.io.jmp_checkpoint: safe reading of original JMP checkpoints."""
 from __future__ import annotations
 
 import importlib.abc
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from jmp_ase.config import BackboneConfig, jmp_l, jmp_s, tiny
-from jmp_ase.jmp_checkpoint import (
+from jmp_ase.nn.config import BackboneConfig, jmp_l, jmp_s, tiny
+from jmp_ase.io.jmp_checkpoint import (
     ForeignObject,
     UnsafeCheckpointError,
     ema_keys,

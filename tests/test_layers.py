@@ -3,10 +3,10 @@ import ase.io
 import pytest
 import torch
 
-from jmp_ase.batch import batch_from_atoms, padded_widths
-from jmp_ase.graph import GraphSettings
-from jmp_ase.layers import ScaleFactor
-from jmp_ase.model import load_jmp_pretrained
+from jmp_ase.data.batch import batch_from_atoms, padded_widths
+from jmp_ase.data.graphs import GraphSettings
+from jmp_ase.nn.layers import ScaleFactor
+from jmp_ase.nn.model import load_jmp_pretrained
 from models import methanol, tiny_model
 
 # Python-level ways of reading a tensor's value back to the host (each waits for the device).

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from jmp_ase import __version__
-from jmp_ase.checkpoint import FORMAT_VERSION, checksum, load_model, model_to_dict, save_model
-from jmp_ase.heads import HeadSpec
-from jmp_ase.model import UNITS, ModelConfig
+from jmp_ase.io.model_file import FORMAT_VERSION, checksum, load_model, model_to_dict, save_model
+from jmp_ase.nn.heads import HeadSpec
+from jmp_ase.nn.model import UNITS, ModelConfig
 from models import methanol, tiny_model, triclinic_crystal
 
 HEADS = [
@@ -27,7 +27,7 @@ def saved(tmp_path_factory):
 
 
 def predictions(model):
-    from jmp_ase.batch import batch_from_atoms
+    from jmp_ase.data.batch import batch_from_atoms
 
     dtype = next(model.parameters()).dtype
     batch = batch_from_atoms([methanol(), triclinic_crystal()], model.graph_settings, dtype=dtype)
@@ -162,7 +162,7 @@ def test_saved_file_has_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from jmp_ase.checkpoint import atomic_torch_save
+    from jmp_ase.io.model_file import atomic_torch_save
 
     mask = os.umask(0o022)
     try:

@@ -7,7 +7,7 @@ import pytest
 from ase import units
 from ase.md.verlet import VelocityVerlet
 
-from jmp_ase.calculator import JMPCalculator
+from jmp_ase.calculators.calculator import JMPCalculator
 from models import methanol, tiny_model, triclinic_crystal
 
 

@@ -3,11 +3,11 @@ predicts the held-out slice better than the same model before fine-tuning."""
 import ase.io
 import numpy as np
 
-from jmp_ase.calculator import JMPCalculator
-from jmp_ase.checkpoint import save_model
+from jmp_ase.calculators.calculator import JMPCalculator
+from jmp_ase.io.model_file import save_model
 from models import emt_clusters
 from test_pretrain import pretrain_config, write_datasets
-from training.finetune import FinetuneConfig, build_model, make_datasets, run_finetune
+from jmp_ase.training.finetune import FinetuneConfig, build_model, make_datasets, run_finetune
 
 
 def mean_force_error(calc, structures):
@@ -21,7 +21,7 @@ def mean_force_error(calc, structures):
 
 
 def test_pretrain_then_finetune_beats_untrained(tmp_path):
-    from training.pretrain import run_pretrain
+    from jmp_ase.training.pretrain import run_pretrain
 
     (tmp_path / "pre").mkdir()
     pretrained = run_pretrain(pretrain_config(write_datasets(tmp_path / "pre"), tmp_path / "pre-run", max_steps=4))

@@ -16,15 +16,15 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from torch import nn
 
-from jmp_ase.batch import batch_from_atoms
-from jmp_ase.heads import direct_forces
-from jmp_ase.jmp_checkpoint import ema_keys
-from jmp_ase.layers import ScaleFactor
-from jmp_ase.model import load_jmp_pretrained
-from training.ema import EMA, ema_update_
-from training.losses import structurewise_loss
-from training.sampler import TemperatureBatchSampler, balanced_partition, expanded_sizes, temperature_probabilities
-from training.scaling import fit_scale_factors, scale_factors
+from jmp_ase.data.batch import batch_from_atoms
+from jmp_ase.nn.heads import direct_forces
+from jmp_ase.io.jmp_checkpoint import ema_keys
+from jmp_ase.nn.layers import ScaleFactor
+from jmp_ase.nn.model import load_jmp_pretrained
+from jmp_ase.training.ema import EMA, ema_update_
+from jmp_ase.training.losses import structurewise_loss
+from jmp_ase.training.sampler import TemperatureBatchSampler, balanced_partition, expanded_sizes, temperature_probabilities
+from jmp_ase.training.scaling import fit_scale_factors, scale_factors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -253,8 +253,8 @@ def test_fit_scale_factors_formula_and_order():
 
 
 def test_scale_factor_order_is_jmps(reference_dir):
-    from jmp_ase.config import BackboneConfig
-    from jmp_ase.model import JMPPretrainedModel
+    from jmp_ase.nn.config import BackboneConfig
+    from jmp_ase.nn.model import JMPPretrainedModel
 
     keys = [line.split("\t")[0] for line in (reference_dir / "jmp-s-state-dict.tsv").read_text().splitlines()]
     jmp_order = [k[: -len(".scale_factor")] for k in keys if k.endswith(".scale_factor")]
@@ -264,8 +264,8 @@ def test_scale_factor_order_is_jmps(reference_dir):
 
 # ----------------------------------------------------------------------------- data preparation
 def _data(datasets, tmp_path, **overrides):
-    from training.pretrain import backbone_config, resolve_config
-    from training.pretrain_data import PretrainData
+    from jmp_ase.training.pretrain import backbone_config, resolve_config
+    from jmp_ase.training.pretrain_data import PretrainData
 
     cfg = resolve_config({**pretrain_config(datasets, tmp_path / "run"), **overrides})
     bb = backbone_config(cfg)
@@ -273,7 +273,7 @@ def _data(datasets, tmp_path, **overrides):
 
 
 def test_edge_dropout_resubselects_graphs(datasets, tmp_path):
-    from training.pretrain_data import drop_edges
+    from jmp_ase.training.pretrain_data import drop_edges
 
     _, _, data = _data(datasets, tmp_path)
     for task in (0, 1):
@@ -315,7 +315,7 @@ def test_collate_normalises_per_data_set(datasets, tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 def test_pretrain_exports_jmp_checkpoint(datasets, tmp_path):
-    from training.pretrain import pretrained_calculator, run_pretrain
+    from jmp_ase.training.pretrain import pretrained_calculator, run_pretrain
 
     out = run_pretrain(pretrain_config(datasets, tmp_path / "run", val=True))
     assert out == tmp_path / "run" / "pretrain.ckpt" and (tmp_path / "run" / "last.ckpt").is_file()
@@ -359,7 +359,7 @@ def test_pretrain_exports_jmp_checkpoint(datasets, tmp_path):
 def test_nan_loss_stops_with_clear_message(datasets, tmp_path):
     import lightning.pytorch as pl
 
-    from training.pretrain import NonFiniteLossError, PretrainModule
+    from jmp_ase.training.pretrain import NonFiniteLossError, PretrainModule
 
     cfg, bb, data = _data(datasets, tmp_path)
     hp = {"backbone": bb.to_dict(), "num_mlps": 2, "tasks": data.task_info, "optim": cfg["optim"]}
@@ -379,7 +379,7 @@ def test_nan_loss_stops_with_clear_message(datasets, tmp_path):
 
 
 def test_config_errors_name_the_key(datasets, tmp_path):
-    from training.pretrain import resolve_config
+    from jmp_ase.training.pretrain import resolve_config
 
     cfg = pretrain_config(datasets, tmp_path)
     with pytest.raises(ValueError, match="trainer.'max_step'"):

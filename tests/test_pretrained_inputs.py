@@ -4,7 +4,7 @@ import pytest
 from ase import Atoms
 from ase.build import molecule
 
-from jmp_ase.calculator import JMPCalculator
+from jmp_ase.calculators.calculator import JMPCalculator
 
 CKPT = "jmp-tiny-pretrain.ckpt"
 

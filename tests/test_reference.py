@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from jmp_ase.backbone import GemNetOCBackbone
-from jmp_ase.batch import batch_from_atoms
-from jmp_ase.calculator import JMPCalculator
-from jmp_ase.config import jmp_l, jmp_s
-from jmp_ase.graph import GraphSettings
-from jmp_ase.heads import energy_mlp
-from jmp_ase.layers import scatter_sum
-from jmp_ase.model import AtomEmbedding, load_jmp_pretrained
+from jmp_ase.nn.backbone import GemNetOCBackbone
+from jmp_ase.data.batch import batch_from_atoms
+from jmp_ase.calculators.calculator import JMPCalculator
+from jmp_ase.nn.config import jmp_l, jmp_s
+from jmp_ase.data.graphs import GraphSettings
+from jmp_ase.nn.heads import energy_mlp
+from jmp_ase.nn.layers import scatter_sum
+from jmp_ase.nn.model import AtomEmbedding, load_jmp_pretrained
 
 CKPT = "jmp-tiny-pretrain.ckpt"
 NAMES = ["ethanol", "benzene", "formaldehyde", "pt111_co", "nacl_bulk"]
@@ -75,7 +75,7 @@ def ema_finetune_head(reference_dir, head):
     checkpoint's EMA tuple exactly, checked below) and the head's EMA copy with the
     next two draws of the same stream. We regenerate it the same way.
     """
-    from jmp_ase.jmp_checkpoint import ema_keys, safe_load
+    from jmp_ase.io.jmp_checkpoint import ema_keys, safe_load
 
     ckpt = safe_load(reference_dir / CKPT)
     state, ema = ckpt["state_dict"], ckpt["optimizer_states"][0]["ema"]

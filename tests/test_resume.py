@@ -22,7 +22,7 @@ def _config(data, out):
 
 
 def _launch(cfg_path, *args):
-    return subprocess.Popen([PYTHON, "-m", "training.pretrain", str(cfg_path), *args], cwd=REPO,
+    return subprocess.Popen([PYTHON, "-m", "jmp_ase.training.pretrain", str(cfg_path), *args], cwd=REPO,
                             env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -15,9 +15,9 @@ from ase import Atoms
 from ase.build import add_adsorbate, fcc111, molecule
 from ase.constraints import FixAtoms
 
-from jmp_ase.calculator import JMPCalculator
-from jmp_ase.checkpoint import MODELS_DIR, load_model, model_provenance, shipped_models
-from jmp_ase.evaluation import labelled_errors
+from jmp_ase.calculators.calculator import JMPCalculator
+from jmp_ase.io.model_file import MODELS_DIR, load_model, model_provenance, shipped_models
+from jmp_ase.calculators.evaluation import labelled_errors
 
 SLICES = Path(__file__).parent / "data" / "shipped"
 PRETRAIN_HEADS = ("catalysis-emt", "molecules-gfn2", "reactions-gfn2")
@@ -101,7 +101,7 @@ def test_jmp_mini_needs_a_head():
 
 
 def test_finetune_from_jmp_mini_by_name(tmp_path):
-    from training.finetune import load_parent, run_finetune
+    from jmp_ase.training.finetune import load_parent, run_finetune
 
     backbone, state, info = load_parent("jmp-mini")
     assert backbone.absolute_rbf_cutoff == 5.0  # declared in the file, not visible in the shapes
@@ -122,7 +122,7 @@ def test_finetune_from_jmp_mini_by_name(tmp_path):
 def test_cli_info_reports_provenance():
     from click.testing import CliRunner
 
-    from training.cli import main
+    from jmp_ase.training.cli import main
 
     result = CliRunner().invoke(main, ["info", "jmp-mini"])
     assert result.exit_code == 0, result.output

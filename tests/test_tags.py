@@ -7,9 +7,9 @@ import pytest
 from ase.build import add_adsorbate, fcc111
 
 from jmp_ase import JMPCalculator
-from jmp_ase.checkpoint import load_model, model_settings, save_model
-from jmp_ase.graph import GraphSettings, resolve_tags
-from jmp_ase.model import FineTunedModel, ModelConfig
+from jmp_ase.io.model_file import load_model, model_settings, save_model
+from jmp_ase.data.graphs import GraphSettings, resolve_tags
+from jmp_ase.nn.model import FineTunedModel, ModelConfig
 from models import tiny_model
 
 

@@ -1,4 +1,4 @@
-"""training.data: reading, labels, samples, batching, splits, references, statistics, streaming."""
+"""jmp_ase.training.data: reading, labels, samples, batching, splits, references, statistics, streaming."""
 import ase.db
 import ase.io
 import numpy as np
@@ -8,9 +8,9 @@ from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from jmp_ase.batch import batch_from_atoms
-from jmp_ase.graph import GraphSettings
-from training.data import (
+from jmp_ase.data.batch import batch_from_atoms
+from jmp_ase.data.graphs import GraphSettings
+from jmp_ase.training.data import (
     DatasetSpec, LazyExtxyz, StructureDataset, collate, dataset_statistics, extract_labels,
     fit_element_references, read_structures, split_by_fraction,
 )
@@ -184,7 +184,7 @@ def test_streaming_equals_in_memory(xyz_file):
 
 def test_lmdb_round_trip(tmp_path, xyz_file):
     pytest.importorskip("lmdb")
-    from training.data import LMDBStructures, write_lmdb
+    from jmp_ase.training.data import LMDBStructures, write_lmdb
 
     structures = read_structures(xyz_file)
     path = tmp_path / "data.lmdb"

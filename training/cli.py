@@ -49,7 +49,7 @@ def _devices(value):
 @click.option("--progress/--no-progress", default=None, help="Progress bars.")
 def finetune(config, **options):
     """Fine-tune a JMP backbone; CONFIG is a YAML file whose settings the options override."""
-    from .finetune import FinetuneConfig, run_finetune
+    from jmp_ase.training.finetune import FinetuneConfig, run_finetune
 
     options["devices"] = _devices(options["devices"])
     try:
@@ -126,10 +126,10 @@ def parity_plot(path, errors, targets, units) -> None:
 @click.option("--device", default="cpu", show_default=True)
 def evaluate(model, data, out, targets, batch_size, device):
     """Errors of MODEL (a model file or shipped name) on DATA; writes metrics.json, a CSV and a parity plot."""
-    from jmp_ase.checkpoint import load_model
+    from jmp_ase.io.model_file import load_model
 
-    from .data import DatasetSpec, available_labels, read_structures
-    from .finetune import physical, predict_dataset
+    from jmp_ase.training.data import DatasetSpec, available_labels, read_structures
+    from jmp_ase.training.finetune import physical, predict_dataset
 
     try:
         net = load_model(model)
@@ -169,7 +169,7 @@ def pretrain(config, resume):
     """Joint pre-training on several data sets, as configured in the YAML file CONFIG."""
     import yaml
 
-    from .pretrain import run_pretrain
+    from jmp_ase.training.pretrain import run_pretrain
 
     settings = yaml.safe_load(Path(config).read_text()) or {}
     click.echo(f"wrote {run_pretrain(settings, resume=resume or None)}")
@@ -180,7 +180,7 @@ def pretrain(config, resume):
 def info(model):
     """How MODEL (a model file, pre-trained checkpoint or shipped name) was made: data, recipe,
     test errors. Without MODEL: the names of the shipped models."""
-    from jmp_ase.checkpoint import model_provenance, model_settings, shipped_models
+    from jmp_ase.io.model_file import model_provenance, model_settings, shipped_models
 
     if model is None:
         click.echo("shipped models: " + ", ".join(shipped_models()))

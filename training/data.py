@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from jmp_ase.batch import AtomsBatch, assemble_batch, atoms_arrays
-from jmp_ase.graph import GraphSettings, StructureGraphs, structure_graphs, validate_structure
+from jmp_ase.data.batch import AtomsBatch, assemble_batch, atoms_arrays
+from jmp_ase.data.graphs import GraphSettings, StructureGraphs, structure_graphs, validate_structure
 
 VECTOR_TARGETS = ("forces",)
 MATRIX_TARGETS = ("stress",)
@@ -307,7 +307,7 @@ def extract_labels(atoms: Atoms, targets: Sequence[str], source=("<memory>", 0))
 # ----------------------------------------------------------------------------- samples
 @dataclass
 class GraphSample:
-    """One structure ready for batching: arrays (as :func:`jmp_ase.batch.atoms_arrays`),
+    """One structure ready for batching: arrays (as :func:`jmp_ase.data.batch.atoms_arrays`),
     its four graphs, its labels and where it came from (file, index)."""
 
     arrays: dict

@@ -5,7 +5,7 @@ for every trained parameter; the average starts from the weights before the firs
 Validation runs on the averaged weights (swapped in and back). Checkpoints store the
 average where JMP stores it: ``optimizer_states[0]["ema"]``, a tuple with one tensor per
 parameter in ``named_parameters()`` order, which is the order of
-:func:`jmp_ase.jmp_checkpoint.ema_keys` for a JMP-layout module.
+:func:`jmp_ase.io.jmp_checkpoint.ema_keys` for a JMP-layout module.
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """Fine-tune a JMP backbone on labelled structures (Lightning).
 
-``run_finetune(config)`` builds the data (:mod:`training.data`), takes the embedding and
+``run_finetune(config)`` builds the data (:mod:`jmp_ase.training.data`), takes the embedding and
 backbone of a parent model (an original JMP checkpoint, our own pre-training output, a
 jmp-ase model file, or random weights), puts new heads on it whose de-normalisation
 (per-element references, shift, scale fitted on the training split) is part of the model,
 and trains with AdamW + layer-wise LR decay, warmup + cosine then ReduceLROnPlateau
-(:mod:`training.schedules`), early stopping and an EMA of the weights (used for validation
+(:mod:`jmp_ase.training.schedules`), early stopping and an EMA of the weights (used for validation
 and for the saved model). Output folder: ``model.ckpt`` (best validation, a jmp-ase model
 file), ``last.ckpt`` (Lightning state for ``resume``) and ``metrics.csv`` (one row per epoch).
 
@@ -29,16 +29,16 @@ import torch
 import yaml
 
 from jmp_ase import __version__
-from jmp_ase.checkpoint import load_model, resolve_model_path, save_model
-from jmp_ase.config import BackboneConfig
-from jmp_ase.heads import HeadSpec
-from jmp_ase.model import FineTunedModel, ModelConfig, _resolve_config, load_jmp_pretrained
+from jmp_ase.io.model_file import load_model, resolve_model_path, save_model
+from jmp_ase.nn.config import BackboneConfig
+from jmp_ase.nn.heads import HeadSpec
+from jmp_ase.nn.model import FineTunedModel, ModelConfig, _resolve_config, load_jmp_pretrained
 
-from .data import DatasetSpec, collate, dataset_statistics, fit_element_references, split_by_fraction
-from .ema import EMACallback
-from .losses import check_force_errors, compute_losses
-from .scaling import fit_scale_factors
-from .schedules import WarmupCosineRLP, param_groups_with_llrd
+from jmp_ase.training.data import DatasetSpec, collate, dataset_statistics, fit_element_references, split_by_fraction
+from jmp_ase.training.ema import EMACallback
+from jmp_ase.training.losses import check_force_errors, compute_losses
+from jmp_ase.training.scaling import fit_scale_factors
+from jmp_ase.training.schedules import WarmupCosineRLP, param_groups_with_llrd
 
 FORCE_LIKE = ("energy", "forces", "stress")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from jmp_ase.layers import scatter_sum
+from jmp_ase.nn.layers import scatter_sum
 
 
 @dataclass

@@ -1,18 +1,18 @@
 """Joint multi-domain pre-training of JMP (paper Sec. 4, App. F/J), with Lightning.
 
 ``run_pretrain(config)`` (``jmp-train pretrain CONFIG.yaml [--resume]``, or
-``python -m training.pretrain CONFIG.yaml [--resume]``) trains one GemNet-OC backbone with one
+``python -m jmp_ase.training.pretrain CONFIG.yaml [--resume]``) trains one GemNet-OC backbone with one
 energy and one direct-force head per data set on temperature-sampled mixed batches
-(:mod:`training.sampler`) with the structure-wise loss (:mod:`training.losses`), AdamW,
-linear warm-up + cosine decay, gradient clipping, EMA (:mod:`training.ema`) and edge dropout,
-after fitting the scale factors (:mod:`training.scaling`). It writes to ``out_dir``:
+(:mod:`jmp_ase.training.sampler`) with the structure-wise loss (:mod:`jmp_ase.training.losses`), AdamW,
+linear warm-up + cosine decay, gradient clipping, EMA (:mod:`jmp_ase.training.ema`) and edge dropout,
+after fitting the scale factors (:mod:`jmp_ase.training.scaling`). It writes to ``out_dir``:
 
 * ``last.ckpt`` every ``checkpoint_every_n_steps`` steps and at the end (atomic write): the
   full Lightning state, resumable mid-epoch with ``resume=True``;
 * ``pretrain.ckpt``: JMP's checkpoint layout (``state_dict`` with ``embedding.*``,
   ``backbone.*``, ``output.out_{energy,forces}.{i}.*``; ``optimizer_states[0]["ema"]``;
   ``hyper_parameters`` as plain dicts with the task names, element references and
-  normalisation), read by :func:`jmp_ase.model.load_jmp_pretrained`;
+  normalisation), read by :func:`jmp_ase.nn.model.load_jmp_pretrained`;
 * ``metrics.csv`` (appended to on resume).
 
 Targets are normalised per data set: ``E_n = (E - Σ_i ref[Z_i]) / energy_std`` with
@@ -32,16 +32,16 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from jmp_ase.checkpoint import atomic_torch_save
-from jmp_ase.config import BackboneConfig, named_config
-from jmp_ase.heads import direct_forces, sum_per_structure
-from jmp_ase.jmp_checkpoint import PRETRAIN_FORMAT
-from jmp_ase.model import JMPPretrainedModel
+from jmp_ase.io.model_file import atomic_torch_save
+from jmp_ase.nn.config import BackboneConfig, named_config
+from jmp_ase.nn.heads import direct_forces, sum_per_structure
+from jmp_ase.io.jmp_checkpoint import PRETRAIN_FORMAT
+from jmp_ase.nn.model import JMPPretrainedModel
 from . import pretrain_data as D
-from .ema import EMA
-from .losses import per_task_means, structurewise_loss
-from .scaling import fit_scale_factors
-from .schedules import warmup_cosine_factor
+from jmp_ase.training.ema import EMA
+from jmp_ase.training.losses import per_task_means, structurewise_loss
+from jmp_ase.training.scaling import fit_scale_factors
+from jmp_ase.training.schedules import warmup_cosine_factor
 
 DEFAULTS = {
     "out_dir": "runs/pretrain", "seed": 0, "resume": False,
@@ -320,9 +320,9 @@ def pretrained_provenance(content: dict, extra: dict | None = None) -> dict:
 
 
 def pretrained_calculator(path, task: str | int = 0, ema: bool = True, **kwargs):
-    """A :class:`~jmp_ase.calculator.JMPCalculator` on one head of a ``pretrain.ckpt`` (eV, eV/Å:
+    """A :class:`~jmp_ase.calculators.calculator.JMPCalculator` on one head of a ``pretrain.ckpt`` (eV, eV/Å:
     the file states each head's references and statistics)."""
-    from jmp_ase.calculator import JMPCalculator
+    from jmp_ase.calculators.calculator import JMPCalculator
 
     return JMPCalculator.from_jmp_checkpoint(path, head=task, ema=ema, **kwargs)
 

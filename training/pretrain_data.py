@@ -3,12 +3,12 @@
 Each data set keeps its own graph settings, as JMP's pre-training transforms do
 (``tasks/pretrain/module.py``): OC20/OC22 12 Å with 30 neighbours and periodic cells (OC20
 tags), ANI-1x/Transition-1x 8 Å with 30 neighbours, non-periodic, every tag 2. Periodicity
-and tags come from the structures themselves (:func:`jmp_ase.batch.atoms_arrays`).
+and tags come from the structures themselves (:func:`jmp_ase.data.batch.atoms_arrays`).
 
 Edge dropout (JMP's ``_process_aint_graph``): during training every edge of a structure's
 a2a graph (the full radius graph) is dropped with probability p, *then* the main, a2ee2a
 and qint graphs are sub-selected again from the remaining edges (nearest first, the same
-limits and tag filter as :func:`jmp_ase.graph.structure_graphs`). The backbone's output
+limits and tag filter as :func:`jmp_ase.data.graphs.structure_graphs`). The backbone's output
 blocks rescale x_E by 1/(1-p) in training mode. The random draws use a per-item seed from
 the sampler, so a run (and a resumed run) drops the same edges.
 """
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from ase.io.formats import string2index
 
-from jmp_ase.graph import GRAPH_TYPES, GraphSettings, StructureGraphs, resolve_tags
-from .data import (
+from jmp_ase.data.graphs import GRAPH_TYPES, GraphSettings, StructureGraphs, resolve_tags
+from jmp_ase.training.data import (
     ConcatStructures, GraphSample, StructureDataset, collate, dataset_statistics, fit_element_references,
     open_structures,
 )
-from .sampler import ResumableDataLoader, TemperatureBatchSampler
+from jmp_ase.training.sampler import ResumableDataLoader, TemperatureBatchSampler
 
 DATASET_DEFAULTS = {"name": None, "train": None, "val": None, "train_index": ":", "val_index": ":",
                     "format": None, "cutoff": 12.0, "max_neighbors": 30, "tags": "ignore", "energy_loss_scale": 1.0,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from jmp_ase.layers import ScaleFactor
+from jmp_ase.nn.layers import ScaleFactor
 
 log = logging.getLogger(__name__)
 

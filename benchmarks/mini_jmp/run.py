@@ -107,7 +107,7 @@ def plan(args) -> tuple[list[Job], dict]:
     spec = load_yaml(HERE / "tasks.yaml")
     out, data = args.out, args.data
     pretrained = out / "pretrain" / "pretrain.ckpt"
-    cli = [sys.executable, "-m", "training.cli"]
+    cli = [sys.executable, "-m", "jmp_ase.training.cli"]
     jobs = []
     configs = out / "configs"
     configs.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ def evaluate(model: Path, test: str, folder: Path, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "training.cli", "evaluate", str(model), test, "--out", str(folder)],
+    subprocess.run([sys.executable, "-m", "jmp_ase.training.cli", "evaluate", str(model), test, "--out", str(folder)],
                    check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
     metrics = json.loads((folder / "metrics.json").read_text())
     metrics["wall_s"] = time.perf_counter() - t0

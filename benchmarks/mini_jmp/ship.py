@@ -24,7 +24,7 @@ from pathlib import Path
 import ase.io
 import torch
 
-from jmp_ase.evaluation import labelled_errors
+from jmp_ase.calculators.evaluation import labelled_errors
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -43,7 +43,7 @@ def test_slice(data: Path, dataset: str, test_data: Path) -> tuple[list, Path]:
 
 def ema_as_weights(pretrain_ckpt: Path) -> dict:
     """The pre-training checkpoint with its EMA weights as the state dict (no optimizer state)."""
-    from jmp_ase.model import load_jmp_pretrained
+    from jmp_ase.nn.model import load_jmp_pretrained
 
     content = torch.load(pretrain_ckpt, map_location="cpu", weights_only=True)
     model, _ = load_jmp_pretrained(pretrain_ckpt, ema=True)
@@ -56,8 +56,8 @@ def ema_as_weights(pretrain_ckpt: Path) -> dict:
 
 
 def ship_pretrained(run: Path, results: dict, data: Path, models: Path, test_data: Path) -> dict:
-    from jmp_ase.calculator import JMPCalculator
-    from training.pretrain import pretrained_provenance
+    from jmp_ase.calculators.calculator import JMPCalculator
+    from jmp_ase.training.pretrain import pretrained_provenance
 
     content = ema_as_weights(run / "pretrain" / "pretrain.ckpt")
     models.mkdir(parents=True, exist_ok=True)
@@ -87,8 +87,8 @@ def ship_pretrained(run: Path, results: dict, data: Path, models: Path, test_dat
 
 def ship_finetuned(name: str, model_path: Path, dataset: str, extra: dict, data: Path, models: Path,
                    test_data: Path) -> dict:
-    from jmp_ase.calculator import JMPCalculator
-    from jmp_ase.checkpoint import load_model, save_model
+    from jmp_ase.calculators.calculator import JMPCalculator
+    from jmp_ase.io.model_file import load_model, save_model
 
     model = load_model(model_path)
     full = ase.io.read(data / dataset / "test.extxyz", ":")

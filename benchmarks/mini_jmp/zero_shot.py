@@ -17,8 +17,8 @@ import ase.io
 import numpy as np
 import torch
 
-from jmp_ase.batch import batch_from_atoms
-from jmp_ase.calculator import JMPCalculator
+from jmp_ase.data.batch import batch_from_atoms
+from jmp_ase.calculators.calculator import JMPCalculator
 
 REPO = Path(__file__).resolve().parents[2]
 SETS = {"aspirin": "aspirin-gfn1/test.extxyz", "peptide": "peptide-gfn1/test.extxyz"}

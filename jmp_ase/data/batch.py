@@ -1,8 +1,8 @@
 """Turn ASE ``Atoms`` into the batched tensors the model consumes.
 
 This is the data transform of the pipeline: validation, the four JMP graphs of every
-structure (:mod:`jmp_ase.graph`), concatenation, and the interaction indices
-(:mod:`jmp_ase.indices`) computed once for the whole batch, together with the padded
+structure (:mod:`jmp_ase.data.graphs`), concatenation, and the interaction indices
+(:mod:`jmp_ase.data.indices`) computed once for the whole batch, together with the padded
 widths of their ragged dimensions (:func:`padded_widths`), so that the model's forward
 pass never reads an index tensor's value back to the host.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .graph import GraphSettings, batch_graphs, structure_graphs, validate_structure
-from .indices import interaction_indices
+from jmp_ase.data.graphs import GraphSettings, batch_graphs, structure_graphs, validate_structure
+from jmp_ase.data.indices import interaction_indices
 
 
 @dataclass
@@ -76,7 +76,7 @@ PADDED_DIMENSIONS = {
 def padded_widths(indices: dict) -> dict[str, int]:
     """Largest inner rank + 1 (0 when empty) of every ragged dimension, as plain ints.
 
-    ``indices`` is :func:`jmp_ase.indices.interaction_indices`. The model pads triplets,
+    ``indices`` is :func:`jmp_ase.data.indices.interaction_indices`. The model pads triplets,
     quadruplets and atom neighbours to these widths; computing them here, once per batch
     while the indices are still on the CPU, keeps device-to-host reads out of its forward
     pass.

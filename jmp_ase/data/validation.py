@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .neighbors import as_cell, as_pbc, as_positions, periodic_cell_problem, vesin_pairs
+from jmp_ase.data.neighbors import as_cell, as_pbc, as_positions, periodic_cell_problem, vesin_pairs
 
 _MIN_SEARCH_RADIUS = 1.0  # Å
 

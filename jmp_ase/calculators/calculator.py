@@ -12,8 +12,8 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.data import chemical_symbols
 from torch import nn
 
-from .batch import atoms_arrays, batch_from_atoms
-from .graph import GraphSettings, validate_structure
+from jmp_ase.data.batch import atoms_arrays, batch_from_atoms
+from jmp_ase.data.graphs import GraphSettings, validate_structure
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PER_ATOM = ("forces", "energies")
@@ -60,8 +60,8 @@ class JMPCalculator(Calculator):
     """ASE calculator running a JMP model (energy eV, forces eV/Å, stress eV/Å³ in Voigt order).
 
     ``model`` is a model file path, the name of a model shipped with the package, a
-    :class:`~jmp_ase.model.FineTunedModel` or a predictor module (see
-    :mod:`jmp_ase.predictors`); the caller's module is never modified. Use
+    :class:`~jmp_ase.nn.model.FineTunedModel` or a predictor module (see
+    :mod:`jmp_ase.calculators.predictors`); the caller's module is never modified. Use
     :meth:`from_jmp_checkpoint` for the original pre-trained JMP weights. Energy, forces,
     per-atom energies, scalar heads (under their names) and, for 3-D periodic structures,
     stress come from one model pass and are cached until the atoms change.
@@ -79,7 +79,7 @@ class JMPCalculator(Calculator):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            from .checkpoint import load_predictor
+            from jmp_ase.io.model_file import load_predictor
 
             model = load_predictor(model)
         if not isinstance(model, nn.Module) or not hasattr(model, "implemented_properties"):
@@ -119,8 +119,8 @@ class JMPCalculator(Calculator):
         ``tags``: ``"ignore"`` or ``"oc20"``; by default the head's training setting as the file
         states it, else ``"ignore"``.
         """
-        from .model import load_jmp_pretrained
-        from .predictors import PretrainHeadPredictor
+        from jmp_ase.nn.model import load_jmp_pretrained
+        from jmp_ase.calculators.predictors import PretrainHeadPredictor
 
         model, names = load_jmp_pretrained(path, ema=ema, config=config, smooth_dihedral=smooth_dihedral)
         task = _head_index(head, names, len(model.output.out_energy))

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .neighbors import as_cell, as_pbc, as_positions, periodic_cell_problem, vesin_pairs
-from .validation import validate_structure
+from jmp_ase.data.neighbors import as_cell, as_pbc, as_positions, periodic_cell_problem, vesin_pairs
+from jmp_ase.data.validation import validate_structure
 
 __all__ = [
     "GRAPH_TYPES",

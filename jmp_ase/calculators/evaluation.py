@@ -7,7 +7,7 @@ import numpy as np
 
 
 def labelled_errors(calc, structures: Sequence, batch_size: int = 8) -> dict:
-    """Mean absolute errors of ``calc`` (a :class:`~jmp_ase.calculator.JMPCalculator`) on
+    """Mean absolute errors of ``calc`` (a :class:`~jmp_ase.calculators.calculator.JMPCalculator`) on
     ``structures`` whose reference energy (eV) and forces (eV/Å) are attached as ASE results
     (as ``ase.io.read`` gives them for extxyz).
 

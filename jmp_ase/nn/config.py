@@ -50,7 +50,7 @@ class BackboneConfig:
     """Damp each dihedral term of the quadruplet basis by (sin θ_cab sin θ_abd)^m so energy and
     forces are continuous where three atoms are collinear (crystals, slabs, aromatic rings).
     False computes JMP's function exactly (needed to reproduce the published weights);
-    fine-tuning with conservative forces turns it on (see ``jmp_ase.bases.SphericalBasisLayer``)."""
+    fine-tuning with conservative forces turns it on (see ``jmp_ase.nn.bases.SphericalBasisLayer``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python dict (safe for ``torch.load(weights_only=True)``)."""

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import BasisEmbedding, Dense, EdgeEmbedding
+from jmp_ase.nn.layers import BasisEmbedding, Dense, EdgeEmbedding
 
 
 class PolynomialEnvelope(nn.Module):
@@ -225,8 +225,8 @@ class Bases(nn.Module):
         """Compute every basis used by the interaction and output blocks.
 
         ``geom[g]`` holds ``distance`` (E_g,) Å and ``vector`` (E_g, 3) unit vectors
-        for graph g in main/a2a/a2ee2a/qint; ``idx`` is :func:`jmp_ase.indices.interaction_indices`
-        with ``idx["padded_width"]`` (:func:`jmp_ase.batch.padded_widths`).
+        for graph g in main/a2a/a2ee2a/qint; ``idx`` is :func:`jmp_ase.data.indices.interaction_indices`
+        with ``idx["padded_width"]`` (:func:`jmp_ase.data.batch.padded_widths`).
         """
         main, a2a, aea, qint = geom["main"], geom["a2a"], geom["a2ee2a"], geom["qint"]
         trip, t_a2e, t_e2a, quad = idx["trip_e2e"], idx["trip_a2e"], idx["trip_e2a"], idx["quad"]

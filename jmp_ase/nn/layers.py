@@ -89,7 +89,7 @@ class ScaleFactor(nn.Module):
     """A fitted scalar that keeps activations near unit variance.
 
     The buffer ``scale_factor`` is 0 until fitted; while it is 0 the layer is the
-    identity. :func:`training.scaling.fit_scale_factors` fits it on real data.
+    identity. :func:`jmp_ase.training.scaling.fit_scale_factors` fits it on real data.
 
     The forward pass picks the factor with tensor math (``torch.where``), never with a
     Python ``if`` on its value, so it does not wait for the device; ``x * 1`` is

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import make_activation, scatter_sum
+from jmp_ase.nn.layers import make_activation, scatter_sum
 
 
 def mlp(sizes: list[int], activation: str = "scaled_silu", bias: bool = True) -> nn.Sequential:
@@ -60,7 +60,7 @@ class PretrainOutput(nn.Module):
     def forward(self, out, atom_batch: torch.Tensor, num_structures: int, task: int):
         """Energy (B,) and direct forces (N, 3) of pre-training task ``task``.
 
-        ``out`` is a :class:`jmp_ase.backbone.BackboneOutput`. Units are the normalised
+        ``out`` is a :class:`jmp_ase.nn.backbone.BackboneOutput`. Units are the normalised
         units the task was trained in.
         """
         num_atoms = out.node_embedding.shape[0]

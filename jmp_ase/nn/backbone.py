@@ -6,10 +6,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .bases import Bases
-from .config import BackboneConfig
-from .interactions import InteractionBlock, OutputBlock
-from .layers import Dense, ResidualLayer
+from jmp_ase.nn.bases import Bases
+from jmp_ase.nn.config import BackboneConfig
+from jmp_ase.nn.interactions import InteractionBlock, OutputBlock
+from jmp_ase.nn.layers import Dense, ResidualLayer
 
 GRAPH_TYPES = ("main", "a2a", "a2ee2a", "qint")
 
@@ -82,15 +82,15 @@ class GemNetOCBackbone(nn.Module):
         return out
 
     def forward(self, h, positions, cell, atom_batch, idx: dict) -> BackboneOutput:
-        """h (N, emb_size_atom) atom embeddings; idx from :func:`jmp_ase.indices.interaction_indices`
-        plus ``idx["padded_width"]`` (:func:`jmp_ase.batch.padded_widths`), as ``AtomsBatch.indices`` has.
+        """h (N, emb_size_atom) atom embeddings; idx from :func:`jmp_ase.data.indices.interaction_indices`
+        plus ``idx["padded_width"]`` (:func:`jmp_ase.data.batch.padded_widths`), as ``AtomsBatch.indices`` has.
 
         The forward pass never reads a tensor's value back to the host: the padded widths
         of the ragged dimensions come in as plain ints.
         """
         if "padded_width" not in idx:
-            raise KeyError("idx lacks 'padded_width': build batches with jmp_ase.batch.batch_from_atoms or "
-                           "assemble_batch, or set idx['padded_width'] = jmp_ase.batch.padded_widths(idx)")
+            raise KeyError("idx lacks 'padded_width': build batches with jmp_ase.data.batch.batch_from_atoms or "
+                           "assemble_batch, or set idx['padded_width'] = jmp_ase.data.batch.padded_widths(idx)")
         num_atoms = h.shape[0]
         geom = self.geometry(positions, cell, atom_batch, idx)
         bases = self.bases(h, geom, idx, num_atoms)

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import (
+from jmp_ase.nn.layers import (
     Dense,
     EdgeEmbedding,
     EfficientInteractionBilinear,

@@ -1,8 +1,8 @@
-"""Predictors: modules that map an :class:`~jmp_ase.batch.AtomsBatch` to ASE properties.
+"""Predictors: modules that map an :class:`~jmp_ase.data.batch.AtomsBatch` to ASE properties.
 
 A predictor carries its graph settings and the properties it implements, so the
 calculator stays independent of how a model computes them. The interface (which
-:class:`~jmp_ase.model.FineTunedModel` has too): attributes ``graph_settings``,
+:class:`~jmp_ase.nn.model.FineTunedModel` has too): attributes ``graph_settings``,
 ``num_elements``, ``implemented_properties``, ``needs_grad`` (autograd needed),
 ``elements`` (atomic numbers seen in training, or None) and
 ``forward(batch, compute_stress=False) -> dict``. Output units: energy eV (per
@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .batch import AtomsBatch
-from .derivatives import StrainedInputs
-from .graph import GraphSettings
-from .heads import direct_forces, sum_per_structure
-from .model import JMPPretrainedModel
+from jmp_ase.data.batch import AtomsBatch
+from jmp_ase.nn.derivatives import StrainedInputs
+from jmp_ase.data.graphs import GraphSettings
+from jmp_ase.nn.heads import direct_forces, sum_per_structure
+from jmp_ase.nn.model import JMPPretrainedModel
 
 FORCE_MODES = ("direct", "conservative")
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .backbone import BackboneOutput, GemNetOCBackbone
-from .batch import AtomsBatch
-from .config import BackboneConfig
-from .derivatives import StrainedInputs
-from .graph import GraphSettings
-from .heads import FineTuneHead, HeadSpec, PretrainOutput, direct_forces
+from jmp_ase.nn.backbone import BackboneOutput, GemNetOCBackbone
+from jmp_ase.data.batch import AtomsBatch
+from jmp_ase.nn.config import BackboneConfig
+from jmp_ase.nn.derivatives import StrainedInputs
+from jmp_ase.data.graphs import GraphSettings
+from jmp_ase.nn.heads import FineTuneHead, HeadSpec, PretrainOutput, direct_forces
 
 
 class AtomEmbedding(nn.Module):
@@ -68,7 +68,7 @@ class JMPPretrainedModel(JMPBackboneModel):
 
 def _resolve_config(config, inferred: BackboneConfig) -> BackboneConfig:
     """``config`` may be None (use ``inferred``), a name, a dict or a BackboneConfig."""
-    from .config import named_config
+    from jmp_ase.nn.config import named_config
 
     if config is None:
         return inferred
@@ -86,13 +86,13 @@ def load_jmp_pretrained(path, ema: bool = False, config=None,
     """Build :class:`JMPPretrainedModel` from an original JMP checkpoint (``jmp-s.pt``, ...),
     a ``pretrain.ckpt`` of ``jmp-train pretrain`` or a shipped pre-trained model name (``jmp-mini``).
 
-    Tensors are read without executing foreign code (:mod:`jmp_ase.jmp_checkpoint`).
+    Tensors are read without executing foreign code (:mod:`jmp_ase.io.jmp_checkpoint`).
     ``smooth_dihedral`` overrides the backbone's quadruplet basis (same weights).
     Returns the model (eval mode) and the pre-training task names if the file has them.
     Raises ``ValueError`` when ``config`` does not fit the file's tensors.
     """
-    from .checkpoint import resolve_model_path
-    from .jmp_checkpoint import read_jmp_checkpoint
+    from jmp_ase.io.model_file import resolve_model_path
+    from jmp_ase.io.jmp_checkpoint import read_jmp_checkpoint
 
     ckpt = read_jmp_checkpoint(resolve_model_path(path), ema=ema)
     cfg = _resolve_config(config, ckpt.backbone_config())
@@ -124,7 +124,7 @@ class ModelConfig:
     """Everything needed to rebuild a fine-tuned model; saved inside the model file.
 
     cutoff (Å), max_neighbors, tags (how the atoms' tags are read, see
-    :func:`jmp_ase.graph.resolve_tags`; files without it predate the setting and read "auto")
+    :func:`jmp_ase.data.graphs.resolve_tags`; files without it predate the setting and read "auto")
     and the backbone's qint_tags define the graphs;
     elements: atomic numbers seen in training (empty = not recorded); provenance:
     record of the parent model, data, jmp-ase version and date (plain Python values);

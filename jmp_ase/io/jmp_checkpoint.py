@@ -1,7 +1,7 @@
 """Read original JMP checkpoints (``jmp-s.pt``, ``jmp-l.pt``) without the original JMP package.
 
 The files pickle JMP's own configuration classes, so they are read with the
-restricted unpickler of :mod:`jmp_ase.safe_pickle`; this module splits the
+restricted unpickler of :mod:`jmp_ase.io.safe_pickle`; this module splits the
 tensors by role, applies JMP's EMA ordering rule and infers the backbone sizes.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .config import BackboneConfig
-from .safe_pickle import ForeignObject, UnsafeCheckpointError, safe_load
+from jmp_ase.nn.config import BackboneConfig
+from jmp_ase.io.safe_pickle import ForeignObject, UnsafeCheckpointError, safe_load
 
 __all__ = [
     "ForeignObject",
@@ -341,7 +341,7 @@ SHAPE_FIELDS = ("num_spherical", "num_radial", "num_blocks", "emb_size_atom", "e
 def infer_backbone_config(
     backbone_state: Mapping[str, Any], atom_embedding: Any
 ) -> BackboneConfig:
-    """Infer every size field of :class:`~jmp_ase.config.BackboneConfig` from shapes.
+    """Infer every size field of :class:`~jmp_ase.nn.config.BackboneConfig` from shapes.
 
     ``backbone_state`` maps GemNet-OC keys (with or without ``"backbone."``)
     to tensors (meta tensors are fine); ``atom_embedding`` has shape

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .model import FineTunedModel, ModelConfig
+from jmp_ase import __version__
+from jmp_ase.nn.model import FineTunedModel, ModelConfig
 
 FORMAT = "jmp-ase-model"
 FORMAT_VERSION = 1
-MODELS_DIR = Path(__file__).parent / "models"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 REQUIRED_KEYS = ("format", "format_version", "config", "state_dict")
 NOT_OURS_HINT = "For an original JMP checkpoint (jmp-s.pt / jmp-l.pt) use JMPCalculator.from_jmp_checkpoint."
 
@@ -214,14 +214,14 @@ def load_model(model: str | os.PathLike) -> FineTunedModel:
 
 def _pretrain_heads(content) -> list[str] | None:
     """Head names of a pre-trained checkpoint written by jmp-ase (``jmp-mini``), else None."""
-    from .jmp_checkpoint import jmp_ase_hparams
+    from jmp_ase.io.jmp_checkpoint import jmp_ase_hparams
 
     hparams = jmp_ase_hparams(content.get("hyper_parameters") if isinstance(content, dict) else None)
     return None if hparams is None else [str(t.get("name")) for t in hparams.get("tasks", [])]
 
 
 def load_predictor(model: str | os.PathLike) -> FineTunedModel:
-    """What :class:`~jmp_ase.calculator.JMPCalculator` runs for a path or model name."""
+    """What :class:`~jmp_ase.calculators.calculator.JMPCalculator` runs for a path or model name."""
     path = resolve_model_path(model)
     content = _read(path)
     heads = _pretrain_heads(content)
@@ -246,7 +246,7 @@ def model_provenance(model: str | os.PathLike) -> dict:
 def model_settings(model: str | os.PathLike) -> list[str]:
     """One line per head (pre-trained checkpoints) or for the model: graph settings, how tags are
     read and which quadruplet basis the backbone uses, as ``jmp-train info`` prints them."""
-    from .jmp_checkpoint import jmp_ase_hparams
+    from jmp_ase.io.jmp_checkpoint import jmp_ase_hparams
 
     path = resolve_model_path(model)
     content = _read(path)
