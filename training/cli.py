@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from jmp_ase import __version__
+from jmp_ase._version import __version__
 
 
 @click.group(name="jmp-train")

@@ -28,11 +28,13 @@ import numpy as np
 import torch
 import yaml
 
-from jmp_ase import __version__
+from jmp_ase._version import __version__
 from jmp_ase.io.model_file import load_model, resolve_model_path, save_model
 from jmp_ase.nn.config import BackboneConfig
 from jmp_ase.nn.heads import HeadSpec
-from jmp_ase.nn.model import FineTunedModel, ModelConfig, _resolve_config, load_jmp_pretrained
+from jmp_ase.nn.model import FineTunedModel, ModelConfig
+from jmp_ase.nn.config import resolve_backbone_config
+from jmp_ase.io.pretrained import load_jmp_pretrained
 
 from jmp_ase.training.data import DatasetSpec, collate, dataset_statistics, fit_element_references, split_by_fraction
 from jmp_ase.training.ema import EMACallback
@@ -231,7 +233,7 @@ def build_model(config: FinetuneConfig, train_set) -> tuple[FineTunedModel, dict
         provenance["architecture_of"] = str(config.pretrained)
         state = None
     elif config.scratch:
-        backbone, state = _resolve_config(config.backbone or "jmp-s", None), None
+        backbone, state = resolve_backbone_config(config.backbone or "jmp-s", None), None
     else:
         backbone, state, provenance = load_parent(config.pretrained, config.ema)
     backbone = dataclasses.replace(backbone, smooth_dihedral=smooth_dihedral_setting(config))
