@@ -183,6 +183,13 @@ def test_canonical_main_graph_is_symmetric_and_keeps_tied_shells():
     # 12 first + all 6 second neighbours (tied with the 16th), of 42 within 5 Å, for every atom
     assert np.all(np.bincount(ei[1].numpy(), minlength=32) == 18)
     assert graphs.truncated.tolist() == list(range(32))  # the 24 third neighbours (4.4 Å) are cut
+    rattled = fcc_copper()
+    rattled.rattle(0.05, seed=3)
+    graphs = structure_graphs_from_atoms(rattled, settings)
+    ei, off = graphs.edge_index["main"], graphs.cell_offset["main"]
+    edges = set(zip(ei[0].tolist(), ei[1].tolist(), map(tuple, off.tolist())))
+    assert edges == {(t, s, tuple(-np.asarray(o))) for s, t, o in edges}
+    assert np.bincount(ei[1].numpy(), minlength=32).max() > 16  # the union adds reverse edges
     jmp = structure_graphs_from_atoms(fcc_copper(), GraphSettings(cutoff=5.0, max_neighbors=16))
     assert np.all(np.bincount(jmp.edge_index["main"][1].numpy()) == 16)
     assert jmp.truncated.tolist() == list(range(32))
