@@ -56,14 +56,15 @@ def test_shared_calculator_gives_every_thread_its_own_results():
         a.calc = calc
         reference.append((a.get_potential_energy(), a.get_forces()))
     failures, errors = [], []
+    start = threading.Barrier(4)
 
     def work(worker: int):
-        rng = np.random.default_rng(worker)
         mine = [a.copy() for a in structures]
         try:
-            for _ in range(12):
-                k = int(rng.integers(len(mine)))
-                if rng.random() < 0.25:
+            start.wait()
+            for i in range(8):  # every call a different structure from the other threads' and the last
+                k = (worker + i) % len(mine)
+                if i % 4 == 3:
                     got = calc.predict([mine[k]], ["energy", "forces"])[0]
                     energy, forces = got["energy"], got["forces"]
                 else:
@@ -76,7 +77,7 @@ def test_shared_calculator_gives_every_thread_its_own_results():
         except Exception as err:  # noqa: BLE001 - reported below with the thread
             errors.append((worker, repr(err)))
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(6)]
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
     for t in threads:

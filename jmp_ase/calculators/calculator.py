@@ -189,6 +189,7 @@ class JMPCalculator(Calculator):
         from jmp_ase.nn.model import load_jmp_pretrained
         from jmp_ase.calculators.predictors import PretrainHeadPredictor
 
+        _check_device(device)  # before loading the weights
         model, names = load_jmp_pretrained(path, ema=ema, config=config, smooth_dihedral=smooth_dihedral)
         task = _head_index(head, names, len(model.output.out_energy))
         info = model.task_info[task] if model.task_info else {}
