@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -37,6 +38,43 @@ class StressUnavailableError(PropertyNotImplementedError, ValueError):
     """Stress was requested for a structure that is not periodic in all three directions."""
 
 
+class NeighborLimitWarning(RuntimeWarning):
+    """A structure has atoms with more neighbours within the cutoff than ``max_neighbors``."""
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` called here that points at the first frame outside
+    jmp-ase and ASE (the user's call), however deep the call came in."""
+    import os
+    import sys
+
+    import ase
+
+    inside = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(ase.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _check_device(device) -> torch.device:
+    """``torch.device(device)``, or a ``ValueError`` saying why this torch cannot use it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device ({err})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ValueError(f"device={device!r}, but CUDA is not available (torch {torch.__version__}, {build}, "
+                             "sees no GPU); use device='cpu' or install a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}, but torch sees only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}, but MPS is not available here; use device='cpu'")
+    return dev
+
+
 def _full_3x3_to_voigt(stress: np.ndarray) -> np.ndarray:
     """(3, 3) -> ASE Voigt order xx, yy, zz, yz, xz, xy."""
     return stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
@@ -69,15 +107,26 @@ class JMPCalculator(Calculator):
     ``tags``: how the atoms' tags are read, ``"ignore"`` (every atom tag 2, as JMP fine-tunes)
     or ``"oc20"`` (0 sub-surface, 1 surface, 2 adsorbate: they decide which atoms enter the
     quadruplet graph); None takes the model file's setting (``jmp-train info`` shows it).
+    ``neighbor_order``: how the nearest ``max_neighbors`` are chosen where an atom has more,
+    ``"jmp"`` (JMP's rule: depends on the atom order) or ``"canonical"`` (independent of the
+    atom order; see :class:`~jmp_ase.data.graphs.GraphSettings`); None takes the model's.
+
+    One calculator may be shared by several threads: each call computes, stores and reads
+    its results under a lock, so every caller gets its own structure's results (calls run
+    one at a time). Positions are moved to a local origin before the cast to ``dtype``, so
+    float32 round-off does not depend on where the structure sits.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
 
     def __init__(self, model: nn.Module | str, device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 16, check_elements: bool = True, tags: str | None = None, **kwargs):
+                 batch_size: int = 16, check_elements: bool = True, tags: str | None = None,
+                 neighbor_order: str | None = None, **kwargs):
         super().__init__(**kwargs)
+        self._lock = threading.RLock()
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        device = _check_device(device)
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from jmp_ase.io.model_file import load_predictor
 
@@ -91,8 +140,22 @@ class JMPCalculator(Calculator):
         self.predictor = _prepare(model, self.device, self.dtype)
         self.implemented_properties = list(model.implemented_properties)
         settings = self.predictor.graph_settings
-        self.graph_settings = settings if tags is None else dataclasses.replace(settings, tags=tags)
+        if tags is not None:
+            settings = dataclasses.replace(settings, tags=tags)
+        if neighbor_order is not None:
+            settings = dataclasses.replace(settings, neighbor_order=neighbor_order)
+        self.graph_settings = settings
         self._force_warning_given = False
+        self._neighbor_warning_given = False
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)  # a lock cannot be copied or pickled; the copy gets its own
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     @classmethod
     def from_jmp_checkpoint(cls, path, head: int | str = 0, ema: bool = False, cutoff: float | None = None,
@@ -100,7 +163,7 @@ class JMPCalculator(Calculator):
                             energy_shift: float = 0.0, force_scale: float | None = None,
                             element_references: dict[int, float] | None = None,
                             forces: str = "direct", smooth_dihedral: bool | None = None,
-                            tags: str | None = None,
+                            tags: str | None = None, neighbor_order: str | None = None,
                             device: str = "cpu", dtype: str = "float32") -> "JMPCalculator":
         """Calculator on pre-training head ``head`` (index or task name) of a pre-trained checkpoint:
         an original JMP file (``jmp-s.pt``), a ``pretrain.ckpt`` or a shipped name (``jmp-mini``).
@@ -117,11 +180,16 @@ class JMPCalculator(Calculator):
         evaluates the same weights with the smooth quadruplet basis (energy and forces
         continuous where atoms are collinear, but not the function JMP trained; see README).
         ``tags``: ``"ignore"`` or ``"oc20"``; by default the head's training setting as the file
-        states it, else ``"ignore"``.
+        states it, else ``"ignore"``. ``neighbor_order``: ``"jmp"`` (default, as JMP trained
+        the heads) or ``"canonical"`` (independent of the atom order, see GraphSettings).
+
+        The head knows its elements when the file or the caller gives element references
+        (those elements); others are refused like a fine-tuned model refuses them.
         """
         from jmp_ase.io.pretrained import load_jmp_pretrained
         from jmp_ase.calculators.predictors import PretrainHeadPredictor
 
+        _check_device(device)  # before loading the weights
         model, names = load_jmp_pretrained(path, ema=ema, config=config, smooth_dihedral=smooth_dihedral)
         task = _head_index(head, names, len(model.output.out_energy))
         info = model.task_info[task] if model.task_info else {}
@@ -132,7 +200,8 @@ class JMPCalculator(Calculator):
         settings = GraphSettings(cutoff=given_or_file(cutoff, "cutoff", 12.0),
                                  max_neighbors=given_or_file(max_neighbors, "max_neighbors", 30),
                                  qint_tags=model.config.qint_tags,
-                                 tags=given_or_file(tags, "tags", "auto" if info else "ignore"))
+                                 tags=given_or_file(tags, "tags", "auto" if info else "ignore"),
+                                 neighbor_order=given_or_file(neighbor_order, "neighbor_order", "jmp"))
         predictor = PretrainHeadPredictor(
             model, task, settings, energy_scale=given_or_file(energy_scale, "energy_std", 1.0),
             energy_shift=energy_shift, force_scale=given_or_file(force_scale, "force_rms", 1.0),
@@ -155,7 +224,8 @@ class JMPCalculator(Calculator):
             raise PropertyNotImplementedError(
                 f"{name!r} is not predicted by this model; it predicts {self.implemented_properties}"
             )
-        return super().get_property(name, atoms, allow_calculation)
+        with self._lock:  # check the cache, compute, store and read as one step
+            return super().get_property(name, atoms, allow_calculation)
 
     def check_state(self, atoms, tol=1e-15):
         """ASE's changes, plus ``tags`` (they select the quadruplet graph's atoms)."""
@@ -165,21 +235,27 @@ class JMPCalculator(Calculator):
         return changes
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        self.check_structure(atoms if atoms is not None else self.atoms, properties)
-        super().calculate(atoms, properties, system_changes)
-        try:
-            self.results = self._predict_chunk([self.atoms])[0]
-        except BaseException:
-            self.atoms = None  # nothing half-computed stays cached
-            raise
+        with self._lock:
+            self.check_structure(atoms if atoms is not None else self.atoms, properties)
+            super().calculate(atoms, properties, system_changes)
+            try:
+                self.results = self._predict_chunk([self.atoms])[0]
+            except BaseException:
+                self.atoms = None  # nothing half-computed stays cached
+                raise
 
     def check_structure(self, atoms, properties=(), index: int | None = None) -> None:
         """Raise ``ValueError`` naming the atoms if the model cannot predict ``properties`` for ``atoms``.
 
         Checks the elements (against the model's training elements), positions and cell
-        (finite, no atoms closer than 0.1 Å) and that stress has a 3-D periodic cell.
+        (finite, no atoms closer than 0.1 Å), that there are atoms and that stress has a 3-D
+        periodic cell.
         """
         where = "" if index is None else f"structure {index}: "
+        if atoms is None:
+            raise ValueError("no atoms given and none attached to the calculator")
+        if len(atoms) == 0:
+            raise ValueError(f"{where}the Atoms object is empty (0 atoms): there is nothing to predict")
         unknown = [p for p in properties if p not in self.implemented_properties]
         if unknown:
             raise PropertyNotImplementedError(
@@ -233,17 +309,23 @@ class JMPCalculator(Calculator):
 
             chunks = tqdm(chunks, desc="JMP predict", unit="batch")
         results: list[dict] = []
-        for start in chunks:
-            results.extend(self._predict_chunk(atoms_list[start:start + size]))
+        with self._lock:
+            for start in chunks:
+                results.extend(self._predict_chunk(atoms_list[start:start + size], first_index=start))
         return results
 
-    def _predict_chunk(self, atoms_list: list) -> list[dict]:
-        """One model pass over already checked structures."""
+    def _predict_chunk(self, atoms_list: list, first_index: int | None = None) -> list[dict]:
+        """One model pass over already checked structures (``first_index``: the first one's
+        index in :meth:`predict`'s list, for messages)."""
         predictor = self.predictor
         periodic = [bool(np.all(a.pbc)) for a in atoms_list]
         want_stress = self.supports_stress and any(periodic)
+        truncated: list[np.ndarray] = []
         batch = batch_from_atoms(atoms_list, self.graph_settings, num_elements=predictor.num_elements,
-                                 validate=False, dtype=self.dtype).to(self.device)
+                                 validate=False, dtype=self.dtype, local_origin=True,
+                                 truncated=truncated).to(self.device)
+        if not self._neighbor_warning_given:
+            self._warn_neighbor_limit(truncated, first_index)
         with torch.set_grad_enabled(getattr(predictor, "needs_grad", True)):
             out = predictor(batch, compute_stress=want_stress)
         out = {k: v.detach().to("cpu", torch.float64).numpy() for k, v in out.items()}
@@ -255,6 +337,26 @@ class JMPCalculator(Calculator):
                 if self._warn_unphysical_forces(atoms, res.get("forces")):
                     break
         return results
+
+    def _warn_neighbor_limit(self, truncated: list[np.ndarray], first_index: int | None) -> None:
+        """Warn once per calculator when the ``max_neighbors`` limit cuts an atom's neighbours."""
+        for k, atoms_cut in enumerate(truncated):
+            if atoms_cut.size:
+                break
+        else:
+            return
+        s = self.graph_settings
+        where = "" if first_index is None else f"structure {first_index + k}: "
+        listed = atoms_cut[:10].tolist()
+        more = f" and {atoms_cut.size - 10} more" if atoms_cut.size > 10 else ""
+        warnings.warn(
+            f"{where}atoms {listed}{more} have more than max_neighbors={s.max_neighbors} neighbours within "
+            f"the {s.cutoff:g} Å cutoff; the graph keeps the nearest {s.max_neighbors}. Where that set changes "
+            "(the atoms move, or the cell), the energy jumps and the forces are not its derivative "
+            "(README, 'Known behaviour'); this warning is given once", NeighborLimitWarning,
+            stacklevel=_user_stacklevel(),
+        )
+        self._neighbor_warning_given = True
 
     def _warn_unphysical_forces(self, atoms, forces) -> bool:
         """Warn once per calculator when a force exceeds :data:`FORCE_WARNING` eV/Å on a

@@ -31,6 +31,10 @@ class PretrainHeadPredictor(nn.Module):
     checkpoint's normalised units unless the caller gives the normalisation:
     ``E = energy_scale * E_head + energy_shift + sum_i element_references[Z_i]`` and, for
     direct forces, ``F = force_scale * F_head``.
+
+    ``elements``: the atomic numbers that have an element reference (the head's training
+    elements, as jmp-ase's pre-training files record them), or None when no references are
+    given (JMP's own files); the calculator refuses other elements.
     """
 
     elements = None
@@ -51,6 +55,8 @@ class PretrainHeadPredictor(nn.Module):
         for z, value in (element_references or {}).items():
             refs[int(z)] = float(value)
         self.register_buffer("element_references", refs, persistent=False)
+        if element_references:
+            self.elements = sorted(int(z) for z in element_references)
         self.eval()
 
     @property

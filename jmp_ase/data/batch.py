@@ -90,6 +90,41 @@ def atoms_arrays(atoms) -> dict:
     }
 
 
+def local_frame(arrays: dict, graphs):
+    """Positions moved to a local origin and graphs with matching offsets, for one structure.
+
+    Float32 keeps ~7 significant digits of a coordinate, so a molecule at +500 Å (or in the
+    middle of a 1000 Å box) loses ~1e-4 Å of every edge vector in the cast, and its float32
+    forces are ~100 times worse than at the origin. Here the origin moves, in float64, to
+    the structure: a molecule's centroid; in a periodic structure atom 0, with every atom
+    first brought (by whole lattice vectors of the periodic directions) to its image nearest
+    atom 0, then to the centroid of those images. The integer offsets of every graph change with those images
+    (``o' = o + n[s] - n[t]``), so each edge vector ``pos[t] - pos[s] - o @ cell``, hence
+    energy, forces and stress, is unchanged; only float32 round-off becomes independent of
+    where the structure sits. Returns (positions (N, 3) float64, graphs).
+    """
+    pos, pbc, cell = arrays["positions"], arrays["pbc"], arrays["cell"]
+    if pos.shape[0] == 0:
+        return pos, graphs
+    if not pbc.any():
+        return pos - pos.mean(axis=0), graphs
+    rel = pos - pos[0]
+    periodic = cell[pbc]  # (P, 3) lattice vectors of the periodic directions
+    frac = rel @ np.linalg.pinv(periodic)  # (N, P); exact for any basis of full rank
+    images = np.zeros((pos.shape[0], 3), dtype=np.int64)
+    images[:, pbc] = np.rint(frac).astype(np.int64)
+    local = rel - images[:, pbc] @ periodic
+    local -= local.mean(axis=0)
+    if not images.any():
+        return local, graphs
+    offsets = {}
+    for graph_type, edge_index in graphs.edge_index.items():
+        s, t = edge_index.numpy()
+        shift = torch.from_numpy(images[s] - images[t])
+        offsets[graph_type] = graphs.cell_offset[graph_type] + shift
+    return local, dataclasses.replace(graphs, cell_offset=offsets)
+
+
 def batch_from_atoms(
     atoms_list: Sequence,
     settings: GraphSettings | Sequence[GraphSettings] | None = None,
@@ -97,11 +132,17 @@ def batch_from_atoms(
     num_elements: int = 120,
     validate: bool = True,
     dtype: torch.dtype = torch.float32,
+    local_origin: bool = False,
+    truncated: list | None = None,
 ) -> AtomsBatch:
     """Build an :class:`AtomsBatch` from ASE ``Atoms`` (one settings object, or one per structure).
 
     ``validate`` raises ``ValueError`` naming the atoms for unknown elements,
-    NaN/inf positions or cell, and atoms closer than 0.1 Å.
+    NaN/inf positions or cell, and atoms closer than 0.1 Å. ``local_origin`` moves every
+    structure to a local origin before the cast to ``dtype`` (see :func:`local_frame`:
+    same energies, forces and stress, float32 round-off independent of where the structure
+    sits; the calculator does this). ``truncated``: a list to which the indices of the atoms
+    whose neighbours the ``max_neighbors`` limit cut are appended, one array per structure.
     """
     if len(atoms_list) == 0:
         raise ValueError("cannot build a batch from an empty list of structures")
@@ -117,7 +158,13 @@ def batch_from_atoms(
             except ValueError as err:
                 prefix = f"structure {k}: " if len(atoms_list) > 1 else ""
                 raise ValueError(prefix + str(err)) from None
-        graphs.append(structure_graphs(arr["positions"], cell, arr["pbc"], arr["tags"], s))
+        graph = structure_graphs(arr["positions"], cell, arr["pbc"], arr["tags"], s)
+        if truncated is not None:
+            truncated.append(graph.truncated)
+        if local_origin:
+            positions, graph = local_frame(arr, graph)
+            arrays[k] = dict(arr, positions=positions)
+        graphs.append(graph)
     return assemble_batch(arrays, graphs, dtype)
 
 

@@ -39,7 +39,7 @@ from ``edge_index`` and ``cell_offset``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -66,6 +66,10 @@ _MIN_DISTANCE_SQ = 1e-4
 # Tag given to every atom of a structure without tags (JMP's fine-tuning convention).
 _DEFAULT_TAG = 2
 TAG_POLICIES = ("ignore", "oc20", "auto")
+NEIGHBOR_ORDERS = ("jmp", "canonical")
+# Å: under neighbor_order="canonical", neighbours within this of the k-th nearest count as tied
+# with it and are all kept (complete shells of perfect crystals, also when read from rounded files).
+TIE_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,21 @@ class GraphSettings:
     """How the atoms' tags are read (:func:`resolve_tags`): ``"ignore"`` (every atom tag 2, as
     JMP fine-tunes), ``"oc20"`` (0 sub-surface, 1 surface, 2 adsorbate) or ``"auto"`` (the
     first release's rule, kept for model files that predate the setting)."""
+    neighbor_order: str = "jmp"
+    """How the nearest ``k`` neighbours are chosen when an atom has more within the cutoff.
+    ``"jmp"``: exactly as JMP (float32 distances, ties and the main graph's ``s < t``
+    symmetrisation decided by atom index, so the kept edges depend on the atom order; what
+    JMP's checkpoints and the models shipped so far were trained with). ``"canonical"``: float64
+    distances, every neighbour within :data:`TIE_TOLERANCE` of the k-th nearest kept too, and
+    the main graph made symmetric by union (an edge is kept when either end selects it): the
+    graphs, hence energies and forces, do not depend on the atom order, and degenerate shells
+    of perfect crystals are kept whole (their symmetry is kept)."""
 
     def __post_init__(self) -> None:
         if self.tags not in TAG_POLICIES:
             raise ValueError(f"tags must be one of {TAG_POLICIES}, got {self.tags!r}")
+        if self.neighbor_order not in NEIGHBOR_ORDERS:
+            raise ValueError(f"neighbor_order must be one of {NEIGHBOR_ORDERS}, got {self.neighbor_order!r}")
         if not (np.isfinite(self.cutoff) and self.cutoff > 0):
             raise ValueError(f"cutoff must be a positive number of Å, got {self.cutoff!r}")
         if int(self.max_neighbors) != self.max_neighbors or self.max_neighbors < 1:
@@ -132,10 +147,13 @@ class StructureGraphs:
 
     ``edge_index[g]``: LongTensor (2, E_g), row 0 source, row 1 target, sorted by target.
     ``cell_offset[g]``: LongTensor (E_g, 3), integer lattice shift of the source atom.
+    ``truncated``: (K,) int64 indices of the atoms that have more neighbours within the
+    cutoff than the main graph keeps for them (the ``max_neighbors`` limit cut), ascending.
     """
 
     edge_index: dict[str, torch.Tensor]
     cell_offset: dict[str, torch.Tensor]
+    truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def num_edges(self, graph_type: str) -> int:
         """Number of edges E of one graph type."""
@@ -348,6 +366,8 @@ def structure_graphs(
     i, j, off, _ = vesin_pairs(pos, cell_arr, pbc_arr, search, full=True)
     # vesin pair (i, j, S): vector pos[j] + S @ box - pos[i] -> target i, source j, shift S.
     t, s = i, j
+    if settings.neighbor_order == "canonical":
+        return _canonical_graphs(pos, np.where(pbc_arr[:, None], cell_arr, 0.0), t, s, off, tag_arr, settings)
     pos32 = torch.from_numpy(pos).float()
     cell32 = torch.from_numpy(np.where(pbc_arr[:, None], cell_arr, 0.0)).float()
 
@@ -359,6 +379,7 @@ def structure_graphs(
     order = _enumeration_order(t, s, off)
     t, s, off, inverse = t[order], s[order], off[order], inverse[order]
     d2 = d2[torch.from_numpy(order)]
+    degree = np.bincount(t, minlength=n)
 
     # a2a: the radius graph with its own (nearest-first) neighbour limit.
     a2a_limit = settings.a2a_max_neighbors
@@ -382,16 +403,85 @@ def structure_graphs(
         masks[graph_type] = rank < k if k > 0 else np.ones(t.shape, dtype=bool)
     qint_tags = np.asarray(settings.qint_tags, dtype=np.int64)
     masks["qint"] &= np.isin(tag_arr[s], qint_tags) | np.isin(tag_arr[t], qint_tags)
+    truncated = np.flatnonzero(degree > np.bincount(t[masks["main"]], minlength=n))
+    edges = {g: (s[masks[g]], t[masks[g]], off[masks[g]]) for g in GRAPH_TYPES}
+    return _as_structure_graphs(edges, truncated)
 
+
+def _as_structure_graphs(edges: dict, truncated: np.ndarray) -> StructureGraphs:
+    """``StructureGraphs`` from ``{graph_type: (source, target, offset)}`` NumPy arrays."""
     edge_index: dict[str, torch.Tensor] = {}
     cell_offset: dict[str, torch.Tensor] = {}
     for graph_type in GRAPH_TYPES:
-        m = masks[graph_type]
-        edge_index[graph_type] = torch.from_numpy(np.stack([s[m], t[m]]).astype(np.int64))
+        s, t, off = edges[graph_type]
+        edge_index[graph_type] = torch.from_numpy(np.stack([s, t]).astype(np.int64).reshape(2, -1))
         cell_offset[graph_type] = torch.from_numpy(
-            np.ascontiguousarray(off[m], dtype=np.int64).reshape(-1, 3)
+            np.ascontiguousarray(off, dtype=np.int64).reshape(-1, 3)
         )
-    return StructureGraphs(edge_index=edge_index, cell_offset=cell_offset)
+    return StructureGraphs(edge_index=edge_index, cell_offset=cell_offset,
+                           truncated=np.asarray(truncated, dtype=np.int64))
+
+
+def _edge_distances(pos: np.ndarray, box: np.ndarray, t, s, off) -> np.ndarray:
+    """Float64 length of every edge, ``|pos[s] + off @ box - pos[t]|``, element by element.
+
+    Written without a matrix product so that every edge's distance is the same bits
+    wherever the edge sits in the arrays: an edge's length does not depend on the atom order.
+    """
+    shift = off[:, 0:1] * box[0] + off[:, 1:2] * box[1] + off[:, 2:3] * box[2]
+    vec = (pos[s] + shift) - pos[t]
+    return np.sqrt(vec[:, 0] * vec[:, 0] + vec[:, 1] * vec[:, 1] + vec[:, 2] * vec[:, 2])
+
+
+def _within_nearest(t: np.ndarray, d: np.ndarray, num_atoms: int, k: int) -> np.ndarray:
+    """Mask of the edges among the ``k`` nearest of their target, ties with the k-th kept.
+
+    An edge is kept when its length is at most the target's k-th smallest length plus
+    :data:`TIE_TOLERANCE`; ``k <= 0`` keeps everything. Depends only on the lengths, not on
+    the edge order.
+    """
+    counts = np.bincount(t, minlength=num_atoms)
+    if k <= 0 or t.size == 0 or counts.max() <= k:
+        return np.ones(t.shape, dtype=bool)
+    order = np.lexsort((d, t))
+    start = np.cumsum(counts) - counts
+    heavy = np.flatnonzero(counts > k)
+    threshold = np.full(num_atoms, np.inf)
+    threshold[heavy] = d[order[start[heavy] + k - 1]] + TIE_TOLERANCE
+    return d <= threshold[t]
+
+
+def _canonical_graphs(pos, box, t, s, off, tag_arr, settings: GraphSettings) -> StructureGraphs:
+    """The four graphs under ``neighbor_order="canonical"`` (see :class:`GraphSettings`).
+
+    Selection uses float64 edge lengths only, so permuting the atoms permutes the graphs.
+    The main graph is closed under reversal (``s -> t`` with offset ``o`` and ``t -> s`` with
+    ``-o``): JMP's ``s < t`` symmetrisation downstream then keeps it as it is.
+    """
+    n = pos.shape[0]
+    d = _edge_distances(pos, box, t, s, off)
+    keep = (d <= settings.cutoff) & (d * d > _MIN_DISTANCE_SQ)
+    t, s, off, d = t[keep], s[keep], off[keep], d[keep]
+    order = _enumeration_order(t, s, off)
+    t, s, off, d = t[order], s[order], off[order], d[order]
+    degree = np.bincount(t, minlength=n)
+
+    m = _within_nearest(t, d, n, settings.a2a_max_neighbors)
+    t, s, off, d = t[m], s[m], off[m], d[m]
+    masks = {"a2a": np.ones(t.shape, dtype=bool)}
+    for graph_type in ("main", "a2ee2a", "qint"):
+        masks[graph_type] = _within_nearest(t, d, n, settings.max_neighbors_of(graph_type))
+    qint_tags = np.asarray(settings.qint_tags, dtype=np.int64)
+    masks["qint"] &= np.isin(tag_arr[s], qint_tags) | np.isin(tag_arr[t], qint_tags)
+
+    edges = {g: (s[masks[g]], t[masks[g]], off[masks[g]]) for g in GRAPH_TYPES}
+    ms, mt, moff = edges["main"]
+    truncated = np.flatnonzero(degree > np.bincount(mt, minlength=n))
+    # Union with the reverses, deduplicated and in enumeration order (target, source, offset).
+    both = np.concatenate([np.column_stack([mt, ms, moff]), np.column_stack([ms, mt, -moff])])
+    both = np.unique(both.reshape(-1, 5), axis=0)
+    edges["main"] = (both[:, 1], both[:, 0], both[:, 2:])
+    return _as_structure_graphs(edges, truncated)
 
 
 def structure_graphs_checked(
