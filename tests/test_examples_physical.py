@@ -60,8 +60,6 @@ def test_cell_relaxation_of_a_strained_crystal_converges(tmp_path):
     assert "# converged after" in log, log.splitlines()[-3:]
 
 
-@pytest.mark.xfail(strict=False, reason="ends within 0.03-0.06 eV/Å of the minimum, energy jumping by ~10 meV as "
-                   "the 16-nearest-neighbour truncation changes the graph (issue 14), not the dihedral")
 def test_pymatgen_cell_relaxation_of_a_supercell_converges(tmp_path):
     _, _, log = run_example("pymatgen_relax", tmp_path, "--cell", "--supercell", "2")
     assert "# converged after" in log, log.splitlines()[-3:]

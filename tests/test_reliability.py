@@ -357,3 +357,17 @@ def test_cuda_without_cuda_is_a_clear_error():
         JMPCalculator.from_jmp_checkpoint("jmp-mini", head=0, device="cuda:0")
     with pytest.raises(ValueError, match="not a torch device"):
         JMPCalculator(tiny_model(), device="gpu")
+
+
+def test_neighbor_order_is_saved_in_the_model_file_and_old_files_read_jmp(tmp_path):
+    from jmp_ase.io.model_file import model_settings, save_model
+    from jmp_ase.nn.model import ModelConfig
+
+    net = tiny_model()
+    assert net.model_config.neighbor_order == "canonical" == net.graph_settings.neighbor_order
+    save_model(net, tmp_path / "m.ckpt")
+    assert load_model(tmp_path / "m.ckpt").graph_settings.neighbor_order == "canonical"
+    assert "(canonical order)" in model_settings(tmp_path / "m.ckpt")[0]
+    older = net.model_config.to_dict()
+    del older["neighbor_order"]
+    assert ModelConfig.from_dict(older).graph_settings.neighbor_order == "jmp"

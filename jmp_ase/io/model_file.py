@@ -251,9 +251,10 @@ def model_settings(model: str | os.PathLike) -> list[str]:
     path = resolve_model_path(model)
     content = _read(path)
 
-    def line(name, cutoff, max_neighbors, tags, smooth):
+    def line(name, cutoff, max_neighbors, tags, smooth, order="jmp"):
         basis = "smooth (sin-damped)" if smooth else "JMP's exact dihedral"
-        return f"{name}: cutoff {cutoff} Å, max_neighbors {max_neighbors}, tags {tags}, quadruplet basis {basis}"
+        return (f"{name}: cutoff {cutoff} Å, max_neighbors {max_neighbors} ({order} order), tags {tags}, "
+                f"quadruplet basis {basis}")
 
     hparams = jmp_ase_hparams(content.get("hyper_parameters") if isinstance(content, dict) else None)
     if hparams is not None:
@@ -261,4 +262,5 @@ def model_settings(model: str | os.PathLike) -> list[str]:
         return [line(f"head {t.get('name')}", t.get("cutoff"), t.get("max_neighbors"), t.get("tags", "auto"), smooth)
                 for t in hparams.get("tasks", [])]
     config = ModelConfig.from_dict(check_content(content, str(path))["config"])
-    return [line("model", config.cutoff, config.max_neighbors, config.tags, config.backbone.smooth_dihedral)]
+    return [line("model", config.cutoff, config.max_neighbors, config.tags, config.backbone.smooth_dihedral,
+                 config.neighbor_order)]

@@ -72,8 +72,10 @@ class ModelConfig:
     """Everything needed to rebuild a fine-tuned model; saved inside the model file.
 
     cutoff (Å), max_neighbors, tags (how the atoms' tags are read, see
-    :func:`jmp_ase.data.graphs.resolve_tags`; files without it predate the setting and read "auto")
-    and the backbone's qint_tags define the graphs;
+    :func:`jmp_ase.data.graphs.resolve_tags`; files without it predate the setting and read "auto"),
+    neighbor_order (how the nearest max_neighbors are chosen: "canonical" for new models, order
+    independent and keeping tied shells whole; files without it read "jmp", the first release's
+    rule) and the backbone's qint_tags define the graphs;
     elements: atomic numbers seen in training (empty = not recorded); provenance:
     record of the parent model, data, jmp-ase version and date (plain Python values);
     units: the units of positions and predictions (fixed, stated for readers of the file).
@@ -84,6 +86,7 @@ class ModelConfig:
     cutoff: float = 12.0
     max_neighbors: int = 30
     tags: str = "ignore"
+    neighbor_order: str = "canonical"
     elements: list[int] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
     units: dict = field(default_factory=lambda: dict(UNITS))
@@ -117,7 +120,7 @@ class ModelConfig:
     @property
     def graph_settings(self) -> GraphSettings:
         return GraphSettings(cutoff=self.cutoff, max_neighbors=self.max_neighbors, qint_tags=self.backbone.qint_tags,
-                             tags=self.tags)
+                             tags=self.tags, neighbor_order=self.neighbor_order)
 
     def to_dict(self) -> dict:
         """Plain-Python dict (safe for ``torch.load(weights_only=True)``)."""
@@ -127,6 +130,7 @@ class ModelConfig:
             "cutoff": float(self.cutoff),
             "max_neighbors": int(self.max_neighbors),
             "tags": self.tags,
+            "neighbor_order": self.neighbor_order,
             "elements": [int(z) for z in self.elements],
             "provenance": dict(self.provenance),
             "units": dict(self.units),
@@ -142,6 +146,7 @@ class ModelConfig:
                              f"found {found}")
         values = dict(values)
         values.setdefault("tags", "auto")  # files of the first release: its tag rule
+        values.setdefault("neighbor_order", "jmp")  # files before the setting: JMP's nearest-k rule
         values["backbone"] = BackboneConfig.from_dict(values["backbone"])
         values["heads"] = [HeadSpec.from_dict(h) for h in values["heads"]]
         return cls(**values)
