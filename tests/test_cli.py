@@ -52,16 +52,25 @@ def test_finetune_command(run_dir):
     assert len(list(csv.DictReader(open(root / "run" / "metrics.csv")))) == 1
 
 
-def test_finetune_refuses_existing_run_and_resumes(run_dir):
+def test_finetune_refuses_existing_run_and_resumes(run_dir, reference_dir):
     root, _ = run_dir
-    args = ["finetune", str(root / "config.yaml"), "--pretrained", str(root / "run" / "model.ckpt"),
+    parent = str(reference_dir / "jmp-tiny-pretrain.ckpt")
+    args = ["finetune", str(root / "config.yaml"), "--pretrained", parent, "--ema", "--seed", "3",
             "--train", str(root / "train.extxyz"), "--out", str(root / "run"), "--no-progress"]
+    before = (root / "run" / "model.ckpt").read_bytes()
     result = CliRunner().invoke(main, args + ["--max-epochs", "2"])
-    assert result.exit_code != 0 and "already holds a run" in result.output
+    assert result.exit_code == 1 and "already holds a run" in result.output and "Traceback" not in result.output
+    # a parent inside --out would be overwritten by the run's best model: refused, even to resume
+    as_parent = [a if a != parent else str(root / "run" / "model.ckpt") for a in args]
+    result = CliRunner().invoke(main, as_parent + ["--max-epochs", "2", "--resume"])
+    assert result.exit_code == 1 and "holds the parent model" in result.output
+    assert (root / "run" / "model.ckpt").read_bytes() == before
     result = CliRunner().invoke(main, args + ["--max-epochs", "2", "--resume"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     rows = list(csv.DictReader(open(root / "run" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
+    steps = list(csv.DictReader(open(root / "run" / "steps.csv")))
+    assert [int(r["step"]) for r in steps] == list(range(4))  # 10 structures, batches of 5, 2 epochs
 
 
 def test_finetune_clear_errors(tmp_path):

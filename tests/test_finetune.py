@@ -268,7 +268,7 @@ def test_config_errors(data_dir, tmp_path):
         FinetuneConfig.from_dict({"learning_rate": 1.0})
     with pytest.raises(ValueError, match="parent model"):
         FinetuneConfig.from_dict({"train": "x.extxyz"})
-    with pytest.raises(FileNotFoundError, match="cannot resume"):
+    with pytest.raises(ValueError, match="cannot resume"):
         run_finetune(base_config(data_dir, tmp_path / "none", scratch=True, backbone="tiny", resume=True))
 
 
