@@ -114,3 +114,26 @@ def test_pretrain_hook_calls_run_pretrain(tmp_path, monkeypatch):
     assert "wrote pretrain.ckpt" in result.output
     result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml"), "--resume"])
     assert result.exit_code == 0 and seen["resume"] is True
+    result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml"), "--devices", "2", "--strategy", "ddp",
+                                       "--num-nodes", "3", "--checkpoint-every", "50"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"]["trainer"] == {"devices": 2, "strategy": "ddp", "num_nodes": 3,
+                                         "checkpoint_every_n_steps": 50}
+
+
+def test_info_refuses_weights_that_do_not_fit(run_dir, tmp_path):
+    import torch
+
+    from jmp_ase.io.model_file import checksum
+
+    root, _ = run_dir
+    content = torch.load(root / "run" / "model.ckpt", map_location="cpu", weights_only=True)
+    key = "embedding.atom_embedding.weight"
+    content["state_dict"][key] = content["state_dict"][key][:, :-1].clone()
+    content["checksum"] = checksum(content["config"], content["state_dict"])
+    torch.save(content, tmp_path / "bad.ckpt")
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "bad.ckpt")])
+    assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    good = CliRunner().invoke(main, ["info", str(root / "run" / "model.ckpt")])
+    assert good.exit_code == 0 and '"best_epoch"' in good.output
