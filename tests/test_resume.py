@@ -128,8 +128,9 @@ def test_finetune_resume_after_sigkill_matches_uninterrupted_run(tmp_path, refer
     assert a["global_step"] == b["global_step"] == FT_STEPS
     for key, value in a["state_dict"].items():
         assert torch.allclose(value, b["state_dict"][key], rtol=1e-5, atol=1e-7), key
-    for key, value in a["callbacks"]["EMACallback"]["shadow"].items():
-        assert torch.allclose(value, b["callbacks"]["EMACallback"]["shadow"][key], rtol=1e-5, atol=1e-7), key
+    assert len(a["optimizer_states"][0]["ema"]) == len(b["optimizer_states"][0]["ema"]) > 0
+    for x, y in zip(a["optimizer_states"][0]["ema"], b["optimizer_states"][0]["ema"]):
+        assert torch.allclose(x, y, rtol=1e-5, atol=1e-7)
     # the same batches in the same order: per-step losses agree, every step logged exactly once
     steps_a, steps_b = _csv(tmp_path / "straight" / "steps.csv"), _csv(tmp_path / "killed" / "steps.csv")
     assert [int(r["step"]) for r in steps_a] == [int(r["step"]) for r in steps_b] == list(range(FT_STEPS))

@@ -38,9 +38,9 @@ from jmp_ase.nn.model import FineTunedModel, ModelConfig
 
 from jmp_ase.training.checkpoints import AtomicCheckpointIO, EpochStepCheckpoint, keep_rows
 from jmp_ase.training.data import DatasetSpec, collate, dataset_statistics, fit_element_references, split_by_fraction
-from jmp_ase.training.ema import EMACallback
+from jmp_ase.training.ema import EMA
 from jmp_ase.training.finetune_config import FinetuneConfig
-from jmp_ase.training.finetune_module import ErrorSums, FinetuneModule, StepRows
+from jmp_ase.training.finetune_module import ErrorSums, FinetuneModule, StepRows, throughput
 from jmp_ase.training.losses import compute_losses
 from jmp_ase.training.parent import Parent, graph_settings, load_parent, parent_of, unseen_elements
 from jmp_ase.training.preflight import is_worker_process, preflight_finetune
@@ -271,7 +271,7 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
     say(describe_settings(model, sources, config, frozen))
     module = FinetuneModule(model, config, scales, datasets, provenance)
     callbacks = [
-        EMACallback(config.ema_decay),
+        EMA(config.ema_decay),  # the same EMA as pre-training: per optimiser step, swapped in to validate
         L.pytorch.callbacks.EarlyStopping("val_loss", min_delta=config.early_stopping_min_delta,
                                           patience=config.early_stopping_patience, mode="min"),
         StepRows(),
@@ -299,7 +299,11 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
         errors = predict_dataset(load_model(out / "model.ckpt"), datasets["test"], config.eval_batch_size or 16,
                                  targets=config.targets)
         summary["test"] = errors.metrics(module.weights, scales)
+    summary["throughput"] = throughput(module.timing)
     summary["text"] = format_summary(summary, config.targets, config.units)
+    summary["text"] += (f"\ntraining: {summary['throughput']['structures_per_s']:.3g} structures/s per process, "
+                        f"{100 * summary['throughput']['data_wait_share']:.1f} % of it waiting for data "
+                        f"(reading, graph building; --num-workers {config.num_workers})")
     if not (out / "model.ckpt").is_file():
         summary["text"] += "\nwarning: no model was saved (the validation loss was never finite)"
     return summary

@@ -58,6 +58,14 @@ class ErrorSums:
         return out
 
 
+def throughput(timing: dict) -> dict:
+    """Training structures per second of one process (waiting for data included) and the share
+    of that time spent waiting for batches (reading structures, building graphs, collating)."""
+    total = timing["data_s"] + timing["step_s"]
+    return {"structures_per_s": round(timing["structures"] / total, 3) if total > 0 else float("nan"),
+            "data_wait_share": round(timing["data_s"] / total, 4) if total > 0 else float("nan")}
+
+
 class FinetuneModule(L.LightningModule):
     """Training/validation steps, optimiser and schedule, metrics.csv, steps.csv and the best model file.
 
@@ -77,6 +85,11 @@ class FinetuneModule(L.LightningModule):
         self.force_error_limit = config.force_error_limit * scales.get("forces", 1.0)
         self._train, self._val, self._val_metrics = ErrorSums(), ErrorSums(), {}
         self._elapsed_before, self._loss = 0.0, None
+        # wall time of this process: waiting for batches (reading, graph building, collation) and steps
+        self.timing = {"structures": 0, "data_s": 0.0, "step_s": 0.0}
+        self._epoch_timing = dict(self.timing)
+        self._t_end = self._t_start = None
+        self._batch_structures, self._data_s = 0, 0.0
         self.out = Path(config.out)
 
     # ------------------------------------------------------------------ data
@@ -104,8 +117,17 @@ class FinetuneModule(L.LightningModule):
         targets = self.config.targets
         return self.model(batch, compute_stress="stress" in targets, compute_forces="forces" in targets)
 
+    def on_train_epoch_start(self):
+        self._t_end = time.perf_counter()
+        self._epoch_timing = {"structures": 0, "data_s": 0.0, "step_s": 0.0}
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._t_start = time.perf_counter()
+        self._data_s = self._t_start - self._t_end if self._t_end is not None else 0.0
+
     def training_step(self, batch, batch_idx):
         atoms_batch, targets = batch
+        self._batch_structures = atoms_batch.num_structures
         preds = self(atoms_batch)
         check_force_errors(preds, targets, atoms_batch, self.force_error_limit)
         loss, terms = compute_losses(preds, targets, self.weights, self.scales)
@@ -116,6 +138,13 @@ class FinetuneModule(L.LightningModule):
 
     def write_step(self, batch_idx) -> None:
         """One row of steps.csv per optimiser step (called by :class:`StepRows`, before a checkpoint)."""
+        now = time.perf_counter()
+        step_s = now - self._t_start if self._t_start is not None else 0.0
+        self._t_end = now
+        for timing in (self.timing, self._epoch_timing):
+            timing["structures"] += self._batch_structures
+            timing["data_s"] += self._data_s
+            timing["step_s"] += step_s
         if not self.trainer.is_global_zero or self._loss is None:
             return
         path = self.out / "steps.csv"
@@ -123,9 +152,10 @@ class FinetuneModule(L.LightningModule):
         with open(path, "a", newline="") as f:
             writer = csv.writer(f)
             if new:
-                writer.writerow(["step", "epoch", "batch", "loss", "lr"])
+                writer.writerow(["step", "epoch", "batch", "loss", "lr", "structures", "data_s", "step_s"])
             writer.writerow([self.global_step - 1, self.current_epoch, batch_idx, repr(float(self._loss)),
-                             repr(max(g["lr"] for g in self.optimizers().param_groups))])
+                             repr(max(g["lr"] for g in self.optimizers().param_groups)), self._batch_structures,
+                             round(self._data_s, 4), round(step_s, 4)])
 
     def validation_step(self, batch, batch_idx):
         atoms_batch, targets = batch
@@ -152,7 +182,7 @@ class FinetuneModule(L.LightningModule):
             return
         for scheduler in self._schedulers():
             scheduler.plateau_step(metrics["val_loss"])
-        if metrics["val_loss"] < self.best["val_loss"]:  # EMA weights are in place (EMACallback)
+        if metrics["val_loss"] < self.best["val_loss"]:  # EMA weights are in place (training/ema.py)
             self.best = {"val_loss": metrics["val_loss"], "epoch": self.current_epoch, **metrics}
             if self.trainer.is_global_zero:
                 self.save_model(self.out / "model.ckpt")
@@ -160,7 +190,7 @@ class FinetuneModule(L.LightningModule):
     def on_train_epoch_end(self):
         row = {"epoch": self.current_epoch, **self._synced(self._train).metrics(self.weights, self.scales, "train_"),
                **self._val_metrics, "lr": max(g["lr"] for g in self.optimizers().param_groups),
-               "elapsed_s": round(time.perf_counter() - self._fit_start, 2)}
+               "elapsed_s": round(time.perf_counter() - self._fit_start, 2), **throughput(self._epoch_timing)}
         self._train, self._val_metrics = ErrorSums(), {}
         path = self.out / "metrics.csv"
         if self.trainer.is_global_zero:
