@@ -47,6 +47,9 @@ def test_version():
 def test_finetune_command(run_dir):
     root, output = run_dir
     assert "best epoch: 0" in output and "meV/Å" in output
+    assert "structures/s per process" in output and "waiting for data" in output
+    header = open(root / "run" / "steps.csv").readline().strip().split(",")
+    assert header == ["step", "epoch", "batch", "loss", "lr", "structures", "data_s", "step_s"]
     for name in ("model.ckpt", "last.ckpt", "metrics.csv"):
         assert (root / "run" / name).is_file()
     assert len(list(csv.DictReader(open(root / "run" / "metrics.csv")))) == 1
