@@ -110,18 +110,42 @@ def test_pretrain_hook_calls_run_pretrain(tmp_path, monkeypatch):
 
     fake.run_pretrain = fake_run
     monkeypatch.setitem(sys.modules, "jmp_ase.training.pretrain", fake)
-    (tmp_path / "p.yaml").write_text("datasets: [a, b]\nmax_epochs: 2\n")
+    write_clusters(tmp_path / "a.extxyz", 3, 0)
+    config = {"out_dir": str(tmp_path / "out"), "data": {"datasets": [{"name": "a", "train": str(tmp_path / "a.extxyz")}]},
+              "trainer": {"max_epochs": 2}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml")])
     assert result.exit_code == 0, result.output
-    assert seen == {"config": {"datasets": ["a", "b"], "max_epochs": 2}, "resume": None}
+    assert seen == {"config": config, "resume": None}
     assert "wrote pretrain.ckpt" in result.output
     result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml"), "--resume"])
     assert result.exit_code == 0 and seen["resume"] is True
     result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml"), "--devices", "2", "--strategy", "ddp",
                                        "--num-nodes", "3", "--checkpoint-every", "50"])
     assert result.exit_code == 0, result.output
-    assert seen["config"]["trainer"] == {"devices": 2, "strategy": "ddp", "num_nodes": 3,
+    assert seen["config"]["trainer"] == {"max_epochs": 2, "devices": 2, "strategy": "ddp", "num_nodes": 3,
                                          "checkpoint_every_n_steps": 50}
+
+
+def test_pretrain_refuses_bad_input_before_training(tmp_path, monkeypatch):
+    fake = types.ModuleType("jmp_ase.training.pretrain")
+    fake.run_pretrain = lambda config, resume=None: pytest.fail("run_pretrain reached")
+    monkeypatch.setitem(sys.modules, "jmp_ase.training.pretrain", fake)
+    write_clusters(tmp_path / "a.extxyz", 3, 0)
+    out = tmp_path / "out"
+    config = {"out_dir": str(out), "data": {"datasets": [{"name": "a", "train": str(tmp_path / "a.extxyz")},
+                                                          {"name": "b", "train": str(tmp_path / "b.extxyz")}]}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and "'b'" in result.output
+    assert "b.extxyz" in result.output
+    config["data"]["datasets"].pop()
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    out.mkdir()
+    (out / "pretrain.ckpt").write_bytes(b"x")
+    result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 1 and "already holds a run (pretrain.ckpt)" in result.output
+    assert (out / "pretrain.ckpt").read_bytes() == b"x"
 
 
 def test_info_refuses_weights_that_do_not_fit(run_dir, tmp_path):

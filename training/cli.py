@@ -210,6 +210,9 @@ def pretrain(config, resume, **options):
         for key in ("num_nodes", "checkpoint_every_n_steps"):
             if key in overrides and overrides[key] < (1 if key == "num_nodes" else 0):
                 raise ValueError(f"--{key.replace('_n_steps', '').replace('_', '-')} must be positive")
+        from jmp_ase.training.preflight import preflight_pretrain
+
+        preflight_pretrain(settings, resume or None)  # before torch and Lightning are imported
         from jmp_ase.training.pretrain import run_pretrain
 
         path = run_pretrain(settings, resume=resume or None)

@@ -130,3 +130,37 @@ def preflight_finetune(config) -> Path | None:
 def is_worker_process() -> bool:
     """True in the processes a DDP launcher starts besides the first (they share its --out)."""
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def preflight_pretrain(config: dict, resume: bool | None = None) -> None:
+    """Checks of a pre-training config that need no torch: every data set's files (energy and
+    forces labels) and an output folder that is writable and, unless resuming, holds no run."""
+    if not isinstance(config, dict):
+        raise ValueError("a pre-training config is a mapping of settings")
+    data = config.get("data") or {}
+    datasets = data.get("datasets") if isinstance(data, dict) else None
+    if not datasets or not isinstance(datasets, list):
+        raise ValueError("data.datasets is empty: pre-training needs at least one data set")
+    for k, d in enumerate(datasets):
+        if not isinstance(d, dict) or not d.get("name") or not d.get("train"):
+            raise ValueError(f"data.datasets[{k}] needs a 'name' and a 'train' path, got {d}")
+        for split in ("train", "val"):
+            if d.get(split):
+                check_data(d[split], ["energy", "forces"], f"data set {d['name']!r} ({split})", d.get("format"))
+    resume = bool(config.get("resume")) if resume is None else resume
+    out = Path(config.get("out_dir") or "runs/pretrain")
+    if not is_worker_process():
+        if not resume and out.is_dir():
+            taken = sorted(p.name for p in out.iterdir() if p.name in ("pretrain.ckpt", "last.ckpt", "metrics.csv"))
+            if taken:
+                raise ValueError(f"out_dir {out} already holds a run ({', '.join(taken)}); use --resume to continue "
+                                 "it, or another out_dir")
+        check_out(out, resume=False, option="out_dir") if not out.is_dir() else _writable(out, "out_dir")
+
+
+def _writable(out: Path, option: str) -> None:
+    try:
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".jmp-train-write-test"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{option} {out} is not writable: {err.strerror or err}") from None
