@@ -124,9 +124,12 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--budget", type=float, default=60.0, help="seconds: a slower call is not repeated")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--memory-limit-gb", type=float, default=0.0,
-                   help="cap this process's address space (0: none): out-of-memory errors instead of swapping")
+    p.add_argument("--memory-limit-gb", type=float, default=None,
+                   help="cap this process's address space so a case too large for the machine ends as "
+                        "'out of memory' instead of swapping or killing it (default: 80%% of RAM; 0: none)")
     args = p.parse_args(argv)
+    if args.memory_limit_gb is None:
+        args.memory_limit_gb = 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     if args.memory_limit_gb:
         import resource
 
@@ -158,7 +161,7 @@ def main(argv=None) -> list[dict]:
         label, atoms = system(spec.strip())
         batch = batch_from_atoms([atoms], settings, dtype=dtype)
         graph_ms, _ = timed(lambda: batch_from_atoms([atoms], settings, dtype=dtype), 1, args.repeats, args.budget)
-        edges = {g: int(batch.indices[f"{g}_edge_index"].shape[1]) for g in ("main", "a2a")}
+        edges = {g: int(batch.indices.graph(g)[0].shape[1]) for g in ("main", "a2a")}
         for mode, model in models.items():
             if mode == "direct":
                 def call():

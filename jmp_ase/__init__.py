@@ -6,7 +6,7 @@ original JMP checkpoints), :mod:`jmp_ase.calculators` (the ASE calculator) and
 :mod:`jmp_ase.training` (``jmp-train``; needs the ``[train]`` extra).
 """
 
-__version__ = "0.1.0"
+from jmp_ase._version import __version__  # noqa: E402
 
 __all__ = ["JMPCalculator", "load_model", "save_model", "__version__"]
 

@@ -22,6 +22,7 @@ except ImportError:  # a clone used without `pip install -e .`: import the packa
     sys.path.insert(0, str(HERE.parent))
 
 from ase import Atoms  # noqa: E402
+from ase.units import fs as _FS  # noqa: E402
 from ase.data import chemical_symbols  # noqa: E402
 from ase.io.trajectory import Trajectory  # noqa: E402
 
@@ -55,13 +56,42 @@ def add_molecule_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--molecule", default="aspirin", help="aspirin or a name known to ase.build.molecule")
 
 
+def progress_interval(steps: int) -> int:
+    """Print a progress line about ten times per run."""
+    return max(1, steps // 10)
+
+
 def attach_md_outputs(dyn, atoms: Atoms, run: "Run", recorder: "Recorder", interval: int, stress: bool = False) -> None:
-    """Record every step; write the trajectory and ASE's MD log every ``interval`` steps."""
+    """Record every step; write the trajectory and ASE's MD log every ``interval`` steps; print
+    a progress line (time, temperature, energies, largest force) about ten times per run."""
     from ase.md.logger import MDLogger
 
     dyn.attach(recorder)
     dyn.attach(run.trajectory(atoms).write, interval=interval)
     dyn.attach(MDLogger(dyn, atoms, run.logfile, stress=stress, peratom=True), interval=interval)
+    steps = run.args.steps
+
+    def report():
+        epot = atoms.get_potential_energy()
+        print(f"  step {dyn.nsteps:>6}/{steps}  t {dyn.get_time() / 1000 / _FS:8.3f} ps  "
+              f"T {atoms.get_temperature():8.1f} K  Epot {epot:12.4f} eV  "
+              f"Etot {epot + atoms.get_kinetic_energy():12.4f} eV  max|F| {fmax(atoms.get_forces()):8.3f} eV/A",
+              flush=True)
+
+    dyn.attach(report, interval=progress_interval(steps))
+
+
+def attach_optimizer_outputs(opt, atoms: Atoms, run: "Run", recorder: "Recorder") -> None:
+    """Record every step, write it to the trajectory and print energy and fmax (every step for
+    short runs, about ten times otherwise) so a long relaxation shows where it is."""
+    opt.attach(recorder)
+    opt.attach(run.trajectory(atoms).write)
+
+    def report():
+        print(f"  step {opt.nsteps:>5}  E {recorder['energy'][-1]:14.5f} eV  fmax {recorder['fmax'][-1]:10.4f} eV/A",
+              flush=True)
+
+    opt.attach(report, interval=1 if run.args.steps <= 50 else progress_interval(run.args.steps))
 
 
 def add_md_options(p: argparse.ArgumentParser, timestep: float) -> None:
@@ -80,7 +110,9 @@ def parser(name: str, description: str | None, model: str, steps: int, steps_hel
     p.add_argument("--steps", type=int, default=steps, help=steps_help)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads; 1 is fastest for small systems and safe on a shared machine, "
+                        "raise it for hundreds of atoms on idle cores")
     p.add_argument("--seed", type=int, default=0, help="random seed (velocities, rattling)")
     p.add_argument("--out", type=Path, default=HERE / "out" / name, help="output folder")
     return p

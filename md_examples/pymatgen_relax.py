@@ -50,8 +50,7 @@ def main(argv=None) -> Structure:
         target = FrechetCellFilter(atoms) if args.cell else atoms
         opt = OPTIMIZERS[args.optimizer](target, logfile=run.logfile)
         rec = common.Recorder(energy=atoms.get_potential_energy, fmax=lambda: common.fmax(target.get_forces()))
-        opt.attach(rec)
-        opt.attach(run.trajectory(atoms).write)
+        common.attach_optimizer_outputs(opt, atoms, run, rec)
         converged = opt.run(fmax=args.fmax, steps=args.steps)
 
         atoms.calc = None  # the Structure gets geometry only

@@ -58,8 +58,7 @@ def main(argv=None) -> float:
         atoms.calc = run.calculator(atoms)
         opt = BFGS(atoms, logfile=run.logfile)
         rec = common.Recorder(energy=atoms.get_potential_energy, fmax=lambda: common.fmax(atoms.get_forces()))
-        opt.attach(rec)
-        opt.attach(run.trajectory(atoms).write)
+        common.attach_optimizer_outputs(opt, atoms, run, rec)
         converged = opt.run(fmax=args.fmax, steps=args.steps)
 
         binding = n_slab + ADSORBATES[args.adsorbate][1]

@@ -41,8 +41,7 @@ def main(argv=None) -> float:
         opt = OPTIMIZERS[args.optimizer](cell_filter, logfile=run.logfile)
         rec = common.Recorder(energy=atoms.get_potential_energy, volume=lambda: atoms.get_volume() / len(atoms),
                               fmax=lambda: common.fmax(cell_filter.get_forces()))
-        opt.attach(rec)
-        opt.attach(run.trajectory(atoms).write)
+        common.attach_optimizer_outputs(opt, atoms, run, rec)
         converged = opt.run(fmax=args.fmax, steps=args.steps)
 
         lengths, angles = atoms.cell.cellpar()[:3] / args.size, atoms.cell.cellpar()[3:]

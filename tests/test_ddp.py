@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from jmp_ase.nn.model import load_jmp_pretrained
+from jmp_ase.io.pretrained import load_jmp_pretrained
 from test_pretrain import PYTHON, REPO, pretrain_config, subprocess_env, write_datasets
 
 # Failures that mean "gloo cannot run here", not "the code is wrong".

@@ -84,7 +84,11 @@ def test_example_writes_trajectory_log_and_plot(name, tiny_model, tmp_path, caps
     text = log.read_text()
     assert summary in text and f"--model {tiny_model}" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert summary in capsys.readouterr().out  # the summary is printed too
+    printed = capsys.readouterr().out
+    assert summary in printed  # the summary is printed too
+    progress = [line for line in printed.splitlines() if line.lstrip().startswith("step ")]
+    assert progress, "no progress lines"  # long runs must show where they are
+    assert ("max|F|" if name in MD else "fmax") in progress[-1]
 
 
 def test_nve_reports_a_finite_drift(tiny_model, tmp_path):

@@ -204,7 +204,7 @@ def test_finetune_from_jmp_checkpoint(finetuned, data_dir, reference_dir):
     assert provenance["best_epoch"] == summary["best_epoch"]
     assert provenance["data"]["train"].endswith("train.extxyz")
     # backbone weights come from the parent (EMA), moved by at most a few steps of training
-    from jmp_ase.nn.model import load_jmp_pretrained
+    from jmp_ase.io.pretrained import load_jmp_pretrained
 
     parent, _ = load_jmp_pretrained(reference_dir / "jmp-tiny-pretrain.ckpt", ema=True)
     w0 = parent.state_dict()["embedding.atom_embedding.weight"]

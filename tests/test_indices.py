@@ -1,6 +1,7 @@
 """Tests of jmp_ase.data.indices against slow, obvious brute-force enumerations."""
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -140,15 +141,15 @@ def test_symmetrize_empty():
 # triplets
 # --------------------------------------------------------------------------
 def _check_trip_result(res, n_out):
-    assert set(res.keys()) == {"in", "out", "out_agg"}
-    T = res["in"].numel()
-    for k in ("in", "out", "out_agg"):
-        _assert_int64_1d(res[k], T)
-    pairs = list(zip(res["in"].tolist(), res["out"].tolist()))
+    assert field_names(res) == {"in_", "out", "out_agg"}
+    T = res.in_.numel()
+    for k in ("in_", "out", "out_agg"):
+        _assert_int64_1d(getattr(res, k), T)
+    pairs = list(zip(res.in_.tolist(), res.out.tolist()))
     assert len(set(pairs)) == len(pairs)
     if T:
-        assert int(res["out"].max()) < n_out
-    _check_inner(res["out"], res["out_agg"])
+        assert int(res.out.max()) < n_out
+    _check_inner(res.out, res.out_agg)
     return set(pairs)
 
 
@@ -167,14 +168,14 @@ def test_triplets_empty():
     ei, _ = empty_graph()
     res = triplets(ei, 4)
     assert _check_trip_result(res, 0) == set()
-    assert res["in"].shape == (0,)
+    assert res.in_.shape == (0,)
     # edges but no triplets (every target has a single edge)
     ei = torch.tensor([[0, 1], [1, 2]])
     res = triplets(ei, 3)
     assert _check_trip_result(res, 2) == set()
     # zero atoms
     res = triplets(torch.zeros(2, 0, dtype=torch.long), 0)
-    assert res["out"].shape == (0,)
+    assert res.out.shape == (0,)
 
 
 # --------------------------------------------------------------------------
@@ -207,12 +208,12 @@ def test_mixed_triplets_backforth_filter():
     ei_out = torch.tensor([[1, 1], [0, 0]])
     off_out = torch.tensor([[-1, 0, 0], [0, 0, 0]])
     res = mixed_triplets(ei_in, off_in, ei_out, off_out, 2, to_outedge=True)
-    assert set(zip(res["in"].tolist(), res["out"].tolist())) == {(0, 1)}
+    assert set(zip(res.in_.tolist(), res.out.tolist())) == {(0, 1)}
     # to_outedge=False: in 0->1 and out 0->1 with identical offset is dropped
     ei_out = torch.tensor([[0, 0], [1, 1]])
     off_out = torch.tensor([[1, 0, 0], [0, 1, 0]])
     res = mixed_triplets(ei_in, off_in, ei_out, off_out, 2, to_outedge=False)
-    assert set(zip(res["in"].tolist(), res["out"].tolist())) == {(0, 1)}
+    assert set(zip(res.in_.tolist(), res.out.tolist())) == {(0, 1)}
 
 
 @pytest.mark.parametrize("to_outedge", [False, True])
@@ -223,7 +224,11 @@ def test_mixed_triplets_empty(to_outedge):
     for a, b in [((ei, off), (ei, off)), ((ei, off), (ei2, off2)), ((ei2, off2), (ei, off))]:
         res = mixed_triplets(a[0], a[1], b[0], b[1], 2, to_outedge=to_outedge)
         assert _check_trip_result(res, b[0].shape[1]) == set()
-        assert res["in"].shape == (0,)
+        assert res.in_.shape == (0,)
+
+
+def field_names(obj) -> set:
+    return {f.name for f in dataclasses.fields(obj)}
 
 
 # --------------------------------------------------------------------------
@@ -233,26 +238,26 @@ QUAD_KEYS = {"triplet_in", "triplet_out", "out", "trip_out_to_quad", "trip_in_to
 
 
 def _quad_tuples(res, m_ei, q_ei):
-    assert set(res.keys()) == QUAD_KEYS
-    assert set(res["triplet_in"].keys()) == {"in", "out"}
-    assert set(res["triplet_out"].keys()) == {"in", "out"}
-    N = res["out"].numel()
+    assert field_names(res) == QUAD_KEYS
+    assert field_names(res.triplet_in) == {"in_", "out"}
+    assert field_names(res.triplet_out) == {"in_", "out"}
+    N = res.out.numel()
     for k in ("out", "trip_out_to_quad", "trip_in_to_quad", "out_agg"):
-        _assert_int64_1d(res[k], N)
-    tin, tout = res["triplet_in"], res["triplet_out"]
+        _assert_int64_1d(getattr(res, k), N)
+    tin, tout = res.triplet_in, res.triplet_out
     for d in (tin, tout):
-        _assert_int64_1d(d["in"])
-        _assert_int64_1d(d["out"], d["in"].numel())
-    _check_inner(res["out"], res["out_agg"])
+        _assert_int64_1d(d.in_)
+        _assert_int64_1d(d.out, d.in_.numel())
+    _check_inner(res.out, res.out_agg)
     tuples = []
     for k in range(N):
-        ca = int(res["out"][k])
-        jo = int(res["trip_out_to_quad"][k])
-        ji = int(res["trip_in_to_quad"][k])
-        ba = int(tout["in"][jo])
-        assert int(tout["out"][jo]) == ca
-        assert int(tin["out"][ji]) == ba
-        db = int(tin["in"][ji])
+        ca = int(res.out[k])
+        jo = int(res.trip_out_to_quad[k])
+        ji = int(res.trip_in_to_quad[k])
+        ba = int(tout.in_[jo])
+        assert int(tout.out[jo]) == ca
+        assert int(tin.out[ji]) == ba
+        db = int(tin.in_[ji])
         # geometry: c->a, b->a, d->b
         assert int(m_ei[1, ca]) == int(q_ei[1, ba])
         assert int(m_ei[1, db]) == int(q_ei[0, ba])
@@ -269,12 +274,12 @@ def test_quadruplets_random(seed):
     m_ei, m_off, _ = symmetrize_edges(m_ei, m_off, n)
     res = quadruplets(m_ei, m_off, q_ei, q_off, n)
     # the two triplet sets
-    tin = set(zip(res["triplet_in"]["in"].tolist(), res["triplet_in"]["out"].tolist()))
-    tout = set(zip(res["triplet_out"]["in"].tolist(), res["triplet_out"]["out"].tolist()))
+    tin = set(zip(res.triplet_in.in_.tolist(), res.triplet_in.out.tolist()))
+    tout = set(zip(res.triplet_out.in_.tolist(), res.triplet_out.out.tolist()))
     assert tin == ref_mixed(m_ei, m_off, q_ei, q_off, True)
     assert tout == ref_mixed(q_ei, q_off, m_ei, m_off, False)
-    assert len(tin) == res["triplet_in"]["in"].numel()
-    assert len(tout) == res["triplet_out"]["in"].numel()
+    assert len(tin) == res.triplet_in.in_.numel()
+    assert len(tout) == res.triplet_out.in_.numel()
     assert _quad_tuples(res, m_ei, q_ei) == ref_quadruplets(m_ei, m_off, q_ei, q_off)
 
 
@@ -300,7 +305,7 @@ def test_quadruplets_empty():
     for (m, mo), (q, qo) in [((ei, off), (ei, off)), ((ei2, off2), (ei, off)), ((ei, off), (ei2, off2))]:
         res = quadruplets(m, mo, q, qo, 2)
         assert _quad_tuples(res, m, q) == set()
-        assert res["out"].shape == (0,)
+        assert res.out.shape == (0,)
     # triplets exist but no quadruplet survives: a 2-atom chain
     m = torch.tensor([[0, 1], [1, 0]])
     mo = torch.zeros(2, 3, dtype=torch.long)
@@ -317,7 +322,7 @@ TOP_KEYS = {
     "main_edge_index", "main_cell_offset", "id_swap", "trip_e2e", "trip_a2e",
     "trip_e2a", "quad", "a2ee2a_target_inner", "a2a_target_inner",
     "a2a_edge_index", "a2a_cell_offset", "a2ee2a_edge_index",
-    "a2ee2a_cell_offset", "qint_edge_index", "qint_cell_offset",
+    "a2ee2a_cell_offset", "qint_edge_index", "qint_cell_offset", "padded_width",
 }
 
 
@@ -336,34 +341,35 @@ def test_interaction_indices_random(seed):
     a2a = [int(rng.integers(0, 30)) for _ in sizes]
     graphs, n = _make_graphs(rng, sizes, main, qint, ae, a2a)
     out = interaction_indices(graphs, n)
-    assert set(out.keys()) == TOP_KEYS
+    assert field_names(out) == TOP_KEYS
 
-    m_ei, m_off = out["main_edge_index"], out["main_cell_offset"]
+    m_ei, m_off = out.main_edge_index, out.main_cell_offset
     _check_symmetrized(
-        graphs["main"]["edge_index"], graphs["main"]["cell_offset"], m_ei, m_off, out["id_swap"]
+        graphs["main"]["edge_index"], graphs["main"]["cell_offset"], m_ei, m_off, out.id_swap
     )
     ae_ei, ae_off = graphs["a2ee2a"]["edge_index"], graphs["a2ee2a"]["cell_offset"]
     q_ei, q_off = graphs["qint"]["edge_index"], graphs["qint"]["cell_offset"]
     aa_ei = graphs["a2a"]["edge_index"]
 
-    assert _check_trip_result(out["trip_e2e"], m_ei.shape[1]) == ref_triplets(m_ei)
+    assert _check_trip_result(out.trip_e2e, m_ei.shape[1]) == ref_triplets(m_ei)
     # a2e: in = a2ee2a edges, out = main edges
-    assert _check_trip_result(out["trip_a2e"], m_ei.shape[1]) == ref_mixed(
+    assert _check_trip_result(out.trip_a2e, m_ei.shape[1]) == ref_mixed(
         ae_ei, ae_off, m_ei, m_off, False
     )
     # e2a: in = main edges, out = a2ee2a edges
-    assert _check_trip_result(out["trip_e2a"], ae_ei.shape[1]) == ref_mixed(
+    assert _check_trip_result(out.trip_e2a, ae_ei.shape[1]) == ref_mixed(
         m_ei, m_off, ae_ei, ae_off, False
     )
-    assert _quad_tuples(out["quad"], m_ei, q_ei) == ref_quadruplets(m_ei, m_off, q_ei, q_off)
+    assert _quad_tuples(out.quad, m_ei, q_ei) == ref_quadruplets(m_ei, m_off, q_ei, q_off)
 
-    assert out["a2ee2a_target_inner"].tolist() == ref_inner(ae_ei[1].tolist())
-    assert out["a2a_target_inner"].tolist() == ref_inner(aa_ei[1].tolist())
-    _check_inner(ae_ei[1], out["a2ee2a_target_inner"])
-    _check_inner(aa_ei[1], out["a2a_target_inner"])
+    assert out.a2ee2a_target_inner.tolist() == ref_inner(ae_ei[1].tolist())
+    assert out.a2a_target_inner.tolist() == ref_inner(aa_ei[1].tolist())
+    _check_inner(ae_ei[1], out.a2ee2a_target_inner)
+    _check_inner(aa_ei[1], out.a2a_target_inner)
     for name in ("a2a", "a2ee2a", "qint"):
-        assert torch.equal(out[f"{name}_edge_index"], graphs[name]["edge_index"])
-        assert torch.equal(out[f"{name}_cell_offset"], graphs[name]["cell_offset"])
+        edge_index, cell_offset = out.graph(name)
+        assert torch.equal(edge_index, graphs[name]["edge_index"])
+        assert torch.equal(cell_offset, graphs[name]["cell_offset"])
 
 
 def test_interaction_indices_empty():
@@ -371,17 +377,18 @@ def test_interaction_indices_empty():
     graphs = {k: {"edge_index": ei, "cell_offset": off} for k in ("main", "a2a", "a2ee2a", "qint")}
     for n in (0, 3):
         out = interaction_indices(graphs, n)
-        assert set(out.keys()) == TOP_KEYS
-        assert out["main_edge_index"].shape == (2, 0)
-        assert out["main_cell_offset"].shape == (0, 3)
-        assert out["id_swap"].shape == (0,)
+        assert field_names(out) == TOP_KEYS
+        assert out.main_edge_index.shape == (2, 0)
+        assert out.main_cell_offset.shape == (0, 3)
+        assert out.id_swap.shape == (0,)
         for k in ("trip_e2e", "trip_a2e", "trip_e2a"):
-            for kk in ("in", "out", "out_agg"):
-                assert out[k][kk].shape == (0,) and out[k][kk].dtype == torch.long
+            for kk in ("in_", "out", "out_agg"):
+                got = getattr(getattr(out, k), kk)
+                assert got.shape == (0,) and got.dtype == torch.long
         for kk in ("out", "trip_out_to_quad", "trip_in_to_quad", "out_agg"):
-            assert out["quad"][kk].shape == (0,)
-        assert out["a2a_target_inner"].shape == (0,)
-        assert out["a2ee2a_target_inner"].shape == (0,)
+            assert getattr(out.quad, kk).shape == (0,)
+        assert out.a2a_target_inner.shape == (0,)
+        assert out.a2ee2a_target_inner.shape == (0,)
 
 
 def test_interaction_indices_float_offsets():
@@ -394,10 +401,10 @@ def test_interaction_indices_float_offsets():
         for k, v in graphs.items()
     }
     out_f = interaction_indices(graphs_f, n)
-    assert torch.equal(out_i["main_edge_index"], out_f["main_edge_index"])
-    assert torch.equal(out_i["quad"]["out"], out_f["quad"]["out"])
-    assert torch.equal(out_i["quad"]["trip_in_to_quad"], out_f["quad"]["trip_in_to_quad"])
-    assert torch.equal(out_i["trip_e2a"]["in"], out_f["trip_e2a"]["in"])
+    assert torch.equal(out_i.main_edge_index, out_f.main_edge_index)
+    assert torch.equal(out_i.quad.out, out_f.quad.out)
+    assert torch.equal(out_i.quad.trip_in_to_quad, out_f.quad.trip_in_to_quad)
+    assert torch.equal(out_i.trip_e2a.in_, out_f.trip_e2a.in_)
 
 
 class TorchWork(TorchFunctionMode):
@@ -456,9 +463,9 @@ def test_interaction_indices_cost_is_vectorised_and_linear():
     }
     once, out = _work(graphs, n)
     double, out2 = _work(twice, 2 * n)
-    assert out["quad"]["out"].numel() > 0
+    assert out.quad.out.numel() > 0
     for key in ("trip_e2e", "trip_a2e", "trip_e2a", "quad"):
-        assert out2[key]["out"].numel() == 2 * out[key]["out"].numel()
+        assert getattr(out2, key).out.numel() == 2 * getattr(out, key).out.numel()
     assert double.calls == once.calls
     assert double.elements <= 2 * once.elements + 1000, (once.elements, double.elements)
 

@@ -1,4 +1,7 @@
 """Layers and the backbone's forward pass: scale factors and padded widths without host syncs."""
+
+import dataclasses
+
 import ase.io
 import pytest
 import torch
@@ -6,7 +9,7 @@ import torch
 from jmp_ase.data.batch import batch_from_atoms, padded_widths
 from jmp_ase.data.graphs import GraphSettings
 from jmp_ase.nn.layers import ScaleFactor
-from jmp_ase.nn.model import load_jmp_pretrained
+from jmp_ase.io.pretrained import load_jmp_pretrained
 from models import methanol, tiny_model
 
 # Python-level ways of reading a tensor's value back to the host (each waits for the device).
@@ -58,19 +61,19 @@ def test_padded_widths_are_ints_matching_the_inner_ranks(reference_dir):
     atoms = ase.io.read(reference_dir / "structures.extxyz", ":")
     batch = batch_from_atoms(atoms, GraphSettings(cutoff=6.0, max_neighbors=30, tags="oc20"))
     idx = batch.indices
-    widths = idx["padded_width"]
+    widths = idx.padded_width
     inner = {
-        "trip_e2e": idx["trip_e2e"]["out_agg"], "trip_a2e": idx["trip_a2e"]["out_agg"],
-        "trip_e2a": idx["trip_e2a"]["out_agg"], "quad": idx["quad"]["out_agg"],
-        "a2ee2a": idx["a2ee2a_target_inner"], "a2a": idx["a2a_target_inner"],
+        "trip_e2e": idx.trip_e2e.out_agg, "trip_a2e": idx.trip_a2e.out_agg,
+        "trip_e2a": idx.trip_e2a.out_agg, "quad": idx.quad.out_agg,
+        "a2ee2a": idx.a2ee2a_target_inner, "a2a": idx.a2a_target_inner,
     }
-    assert set(widths) == set(inner)
+    assert set(widths._fields) == set(inner)
     for name, ranks in inner.items():
-        assert type(widths[name]) is int
-        assert widths[name] == int(ranks.max()) + 1 > 1, name
+        assert type(getattr(widths, name)) is int
+        assert getattr(widths, name) == int(ranks.max()) + 1 > 1, name
     # moving the batch keeps the widths as plain ints
-    assert batch.to(dtype=torch.float64).indices["padded_width"] == widths
-    assert padded_widths({**idx, "a2a_target_inner": torch.zeros(0, dtype=torch.long)})["a2a"] == 0
+    assert batch.to(dtype=torch.float64).indices.padded_width == widths
+    assert padded_widths(dataclasses.replace(idx, a2a_target_inner=torch.zeros(0, dtype=torch.long))).a2a == 0
 
 
 def test_backbone_forward_reads_nothing_back_to_the_host(reference_dir, no_host_reads):
@@ -94,6 +97,6 @@ def test_backbone_forward_reads_nothing_back_to_the_host(reference_dir, no_host_
 def test_backbone_names_the_missing_padded_widths(reference_dir):
     model, _ = load_jmp_pretrained(reference_dir / "jmp-tiny-pretrain.ckpt")
     batch = batch_from_atoms([methanol()], GraphSettings(cutoff=6.0, max_neighbors=30))
-    batch.indices.pop("padded_width")
-    with pytest.raises(KeyError, match="padded_widths"):
+    batch.indices = dataclasses.replace(batch.indices, padded_width=None)
+    with pytest.raises(ValueError, match="padded_widths"):
         model.embed(batch)

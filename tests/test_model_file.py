@@ -8,7 +8,8 @@ import torch
 from jmp_ase import __version__
 from jmp_ase.io.model_file import FORMAT_VERSION, checksum, load_model, model_to_dict, save_model
 from jmp_ase.nn.heads import HeadSpec
-from jmp_ase.nn.model import UNITS, ModelConfig
+from jmp_ase.keys import UNITS
+from jmp_ase.nn.model import ModelConfig
 from models import methanol, tiny_model, triclinic_crystal
 
 HEADS = [

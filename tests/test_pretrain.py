@@ -20,7 +20,7 @@ from jmp_ase.data.batch import batch_from_atoms
 from jmp_ase.nn.heads import direct_forces
 from jmp_ase.io.jmp_checkpoint import ema_keys
 from jmp_ase.nn.layers import ScaleFactor
-from jmp_ase.nn.model import load_jmp_pretrained
+from jmp_ase.io.pretrained import load_jmp_pretrained
 from jmp_ase.training.ema import EMA, ema_update_
 from jmp_ase.training.losses import structurewise_loss
 from jmp_ase.training.sampler import TemperatureBatchSampler, balanced_partition, expanded_sizes, temperature_probabilities

@@ -15,7 +15,8 @@ from jmp_ase.nn.config import jmp_l, jmp_s
 from jmp_ase.data.graphs import GraphSettings
 from jmp_ase.nn.heads import energy_mlp
 from jmp_ase.nn.layers import scatter_sum
-from jmp_ase.nn.model import AtomEmbedding, load_jmp_pretrained
+from jmp_ase.nn.model import AtomEmbedding
+from jmp_ase.io.pretrained import load_jmp_pretrained
 
 CKPT = "jmp-tiny-pretrain.ckpt"
 NAMES = ["ethanol", "benzene", "formaldehyde", "pt111_co", "nacl_bulk"]

@@ -155,8 +155,8 @@ def test_collate_matches_batch_from_atoms(xyz_file):
     reference = batch_from_atoms(atoms, SETTINGS)
     for key in ("numbers", "positions", "cell", "pbc", "tags", "atom_batch", "natoms"):
         assert torch.equal(getattr(batch, key), getattr(reference, key)), key
-    assert torch.equal(batch.indices["main_edge_index"], reference.indices["main_edge_index"])
-    assert torch.equal(batch.indices["quad"]["out"], reference.indices["quad"]["out"])
+    assert torch.equal(batch.indices.main_edge_index, reference.indices.main_edge_index)
+    assert torch.equal(batch.indices.quad.out, reference.indices.quad.out)
     assert targets["energy"].shape == (len(atoms),)
     assert targets["forces"].shape == (int(batch.natoms.sum()), 3)
     assert targets["gap"].shape == (len(atoms),)
@@ -177,7 +177,7 @@ def test_streaming_equals_in_memory(xyz_file):
     b1, t1 = collate([streamed[i] for i in range(len(streamed))])
     b2, t2 = collate([memory[i] for i in range(len(memory))])
     assert torch.equal(b1.positions, b2.positions)
-    assert torch.equal(b1.indices["main_edge_index"], b2.indices["main_edge_index"])
+    assert torch.equal(b1.indices.main_edge_index, b2.indices.main_edge_index)
     assert all(torch.equal(t1[k], t2[k]) for k in t1)
     assert streamed.location(4) == (str(xyz_file), 4)
 

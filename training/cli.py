@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from jmp_ase import __version__
+from jmp_ase._version import __version__
 
 
 @click.group(name="jmp-train")
@@ -245,7 +245,7 @@ def info(model):
 def _check_weights(model) -> None:
     """Raise ``ValueError`` when the file's weights do not fit its config (as the calculator would)."""
     from jmp_ase.io.model_file import _pretrain_heads, _read, load_model, resolve_model_path
-    from jmp_ase.nn.model import load_jmp_pretrained
+    from jmp_ase.io.pretrained import load_jmp_pretrained
 
     if _pretrain_heads(_read(resolve_model_path(model))) is not None:
         load_jmp_pretrained(model)

@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from jmp_ase import __version__
+from jmp_ase._version import __version__
 from jmp_ase.io.model_file import save_model
 from jmp_ase.nn.model import FineTunedModel
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from jmp_ase.io.model_file import load_model, resolve_model_path
 from jmp_ase.nn.config import BackboneConfig
-from jmp_ase.nn.model import _resolve_config, load_jmp_pretrained
+from jmp_ase.io.pretrained import load_jmp_pretrained
+from jmp_ase.nn.config import resolve_backbone_config
 
 from jmp_ase.training.finetune_config import FinetuneConfig
 
@@ -82,7 +83,7 @@ def parent_of(config: FinetuneConfig) -> Parent:
         return dataclasses.replace(parent, state=None, elements=None,
                                    provenance={"parent": "scratch", "architecture_of": str(config.pretrained)})
     if config.scratch:
-        return Parent(_resolve_config(config.backbone or "jmp-s", None), None, {"parent": "scratch"})
+        return Parent(resolve_backbone_config(config.backbone or "jmp-s", None), None, {"parent": "scratch"})
     return read_parent(config.pretrained, config.ema)
 
 

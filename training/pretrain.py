@@ -12,7 +12,7 @@ after fitting the scale factors (:mod:`jmp_ase.training.scaling`). It writes to 
 * ``pretrain.ckpt``: JMP's checkpoint layout (``state_dict`` with ``embedding.*``,
   ``backbone.*``, ``output.out_{energy,forces}.{i}.*``; ``optimizer_states[0]["ema"]``;
   ``hyper_parameters`` as plain dicts with the task names, element references and
-  normalisation), read by :func:`jmp_ase.nn.model.load_jmp_pretrained`;
+  normalisation), read by :func:`jmp_ase.io.pretrained.load_jmp_pretrained`;
 * ``metrics.csv`` (appended to on resume).
 
 Targets are normalised per data set: ``E_n = (E - Σ_i ref[Z_i]) / energy_std`` with

@@ -339,7 +339,10 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mini-jmp",
                         help="the mini-JMP corpus (default: ../shared/data/mini-jmp)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "mini-jmp", help="run folders and logs")
-    parser.add_argument("--results", type=Path, default=HERE, help="where results.{md,json} and the plot go")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="where results.{md,json} and the plot go (default: --out, or beside --report's file)")
+    parser.add_argument("--update-results", action="store_true",
+                        help="write them over the committed ones in benchmarks/mini_jmp/ (not with --quick)")
     parser.add_argument("--tasks", nargs="+", default=None, help="subset of tasks.yaml's tasks")
     parser.add_argument("--lanes", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -349,10 +352,15 @@ def main(argv=None) -> None:
     parser.add_argument("--report", type=Path, default=None,
                         help="only rewrite results.md and the plot from this results.json")
     args = parser.parse_args(argv)
+    if args.update_results:
+        if args.quick:
+            parser.error("--update-results with --quick would replace the committed results by a smoke run")
+        args.results = HERE
     if args.report is not None:
-        write_report(json.loads(args.report.read_text()), args.results)
+        write_report(json.loads(args.report.read_text()), args.results or args.report.parent)
         return
     args.data, args.out = args.data.resolve(), args.out.resolve()
+    args.results = args.results or args.out
     if not (args.data / "catalysis-emt" / "train.extxyz").is_file():
         parser.error(f"{args.data} is not the mini-JMP corpus (no catalysis-emt/train.extxyz)")
     if (args.out / "pretrain").exists():

@@ -43,7 +43,7 @@ def test_slice(data: Path, dataset: str, test_data: Path) -> tuple[list, Path]:
 
 def ema_as_weights(pretrain_ckpt: Path) -> dict:
     """The pre-training checkpoint with its EMA weights as the state dict (no optimizer state)."""
-    from jmp_ase.nn.model import load_jmp_pretrained
+    from jmp_ase.io.pretrained import load_jmp_pretrained
 
     content = torch.load(pretrain_ckpt, map_location="cpu", weights_only=True)
     model, _ = load_jmp_pretrained(pretrain_ckpt, ema=True)

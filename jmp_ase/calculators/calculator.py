@@ -119,7 +119,7 @@ class JMPCalculator(Calculator):
         ``tags``: ``"ignore"`` or ``"oc20"``; by default the head's training setting as the file
         states it, else ``"ignore"``.
         """
-        from jmp_ase.nn.model import load_jmp_pretrained
+        from jmp_ase.io.pretrained import load_jmp_pretrained
         from jmp_ase.calculators.predictors import PretrainHeadPredictor
 
         model, names = load_jmp_pretrained(path, ema=ema, config=config, smooth_dihedral=smooth_dihedral)

@@ -8,6 +8,7 @@ pass never reads an index tensor's value back to the host.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from jmp_ase.data.graphs import GraphSettings, batch_graphs, structure_graphs, validate_structure
+from jmp_ase.data.index_types import InteractionIndices, PaddedWidths, map_tensors
 from jmp_ase.data.indices import interaction_indices
 
 
@@ -24,8 +26,8 @@ class AtomsBatch:
 
     numbers (N,) atomic numbers; positions (N, 3) Å; cell (B, 3, 3) Å (rows are lattice
     vectors, zero for molecules); pbc (B, 3); tags (N,); atom_batch (N,) structure index
-    of each atom; natoms (B,); indices: graphs and interaction indices (index tensors)
-    plus ``indices["padded_width"]`` (plain ints, see :func:`padded_widths`);
+    of each atom; natoms (B,); indices: graphs and interaction indices
+    (:class:`~jmp_ase.data.index_types.InteractionIndices`, ``padded_width`` filled in);
     sources: where each structure came from, for error messages (training data).
     """
 
@@ -36,7 +38,7 @@ class AtomsBatch:
     tags: torch.Tensor
     atom_batch: torch.Tensor
     natoms: torch.Tensor
-    indices: dict = field(repr=False)
+    indices: InteractionIndices = field(repr=False)
     sources: tuple = field(default=(), repr=False)  # (file, index) per structure when known
 
     @property
@@ -46,10 +48,6 @@ class AtomsBatch:
     def to(self, device=None, dtype=None) -> "AtomsBatch":
         """Move to a device; ``dtype`` applies to the floating tensors (positions, cell)."""
         def move(x):
-            if isinstance(x, dict):
-                return {k: move(v) for k, v in x.items()}
-            if not torch.is_tensor(x):  # plain ints (padded widths) stay on the host
-                return x
             if torch.is_floating_point(x):
                 return x.to(device=device, dtype=dtype)
             return x.to(device=device)
@@ -57,37 +55,25 @@ class AtomsBatch:
         return AtomsBatch(
             numbers=move(self.numbers), positions=move(self.positions), cell=move(self.cell),
             pbc=move(self.pbc), tags=move(self.tags), atom_batch=move(self.atom_batch),
-            natoms=move(self.natoms), indices=move(self.indices), sources=self.sources,
+            natoms=move(self.natoms), indices=map_tensors(self.indices, move), sources=self.sources,
         )
 
 
-# Ragged dimensions the model pads to a dense width: name -> path of the "inner" rank
-# tensor in the interaction indices (0 .. count - 1 within each outer index).
-PADDED_DIMENSIONS = {
-    "trip_e2e": ("trip_e2e", "out_agg"),
-    "trip_a2e": ("trip_a2e", "out_agg"),
-    "trip_e2a": ("trip_e2a", "out_agg"),
-    "quad": ("quad", "out_agg"),
-    "a2ee2a": ("a2ee2a_target_inner",),
-    "a2a": ("a2a_target_inner",),
-}
-
-
-def padded_widths(indices: dict) -> dict[str, int]:
+def padded_widths(indices: InteractionIndices) -> PaddedWidths:
     """Largest inner rank + 1 (0 when empty) of every ragged dimension, as plain ints.
 
-    ``indices`` is :func:`jmp_ase.data.indices.interaction_indices`. The model pads triplets,
-    quadruplets and atom neighbours to these widths; computing them here, once per batch
-    while the indices are still on the CPU, keeps device-to-host reads out of its forward
-    pass.
+    The model pads triplets, quadruplets and atom neighbours to these widths; computing them
+    here, once per batch while the indices are still on the CPU, keeps device-to-host reads
+    out of its forward pass.
     """
-    widths = {}
-    for name, path in PADDED_DIMENSIONS.items():
-        inner = indices
-        for key in path:
-            inner = inner[key]
-        widths[name] = int(inner.max()) + 1 if inner.numel() > 0 else 0
-    return widths
+    def width(inner: torch.Tensor) -> int:
+        return int(inner.max()) + 1 if inner.numel() > 0 else 0
+
+    return PaddedWidths(
+        trip_e2e=width(indices.trip_e2e.out_agg), trip_a2e=width(indices.trip_a2e.out_agg),
+        trip_e2a=width(indices.trip_e2a.out_agg), quad=width(indices.quad.out_agg),
+        a2ee2a=width(indices.a2ee2a_target_inner), a2a=width(indices.a2a_target_inner),
+    )
 
 
 def atoms_arrays(atoms) -> dict:
@@ -140,7 +126,7 @@ def assemble_batch(arrays: Sequence[dict], graphs: Sequence, dtype: torch.dtype 
     the interaction indices are computed once for the whole batch."""
     natoms = [len(a["numbers"]) for a in arrays]
     indices = interaction_indices(batch_graphs(list(graphs), natoms), sum(natoms))
-    indices["padded_width"] = padded_widths(indices)
+    indices = dataclasses.replace(indices, padded_width=padded_widths(indices))
     return AtomsBatch(
         numbers=torch.from_numpy(np.concatenate([a["numbers"] for a in arrays])),
         positions=torch.from_numpy(np.concatenate([a["positions"] for a in arrays])).to(dtype),

@@ -30,6 +30,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from jmp_ase.data.index_types import InteractionIndices, Quadruplets, TripletPairs, Triplets
+
 Tensor = torch.Tensor
 
 __all__ = [
@@ -249,7 +251,7 @@ def symmetrize_edges(
 
 
 @torch.no_grad()
-def triplets(edge_index: Tensor, num_atoms: int) -> Dict[str, Tensor]:
+def triplets(edge_index: Tensor, num_atoms: int) -> Triplets:
     """Edge-to-edge triplets ``b -> a <- c`` of one graph.
 
     Every ordered pair of distinct edges (by edge id; ``b == c`` is allowed
@@ -262,8 +264,8 @@ def triplets(edge_index: Tensor, num_atoms: int) -> Dict[str, Tensor]:
 
     Returns
     -------
-    dict with
-        ``in``: LongTensor (T,), edge id of ``b -> a``;
+    :class:`~jmp_ase.data.index_types.Triplets` with
+        ``in_``: LongTensor (T,), edge id of ``b -> a``;
         ``out``: LongTensor (T,), edge id of ``c -> a``;
         ``out_agg``: LongTensor (T,), ``inner_index(out, E)``.
     """
@@ -274,7 +276,7 @@ def triplets(edge_index: Tensor, num_atoms: int) -> Dict[str, Tensor]:
     out, inn = _expand_matches(t, t, num_atoms)
     out, inn = _select(inn != out, out, inn)
     # out is sorted by construction (queries come out in order)
-    return {"in": inn, "out": out, "out_agg": _inner_index_sorted(out, num_edges)}
+    return Triplets(in_=inn, out=out, out_agg=_inner_index_sorted(out, num_edges))
 
 
 @torch.no_grad()
@@ -285,7 +287,7 @@ def mixed_triplets(
     cell_offset_out: Tensor,
     num_atoms: int,
     to_outedge: bool = False,
-) -> Dict[str, Tensor]:
+) -> Triplets:
     """Triplets between two graphs on the same atoms (JMP's ``get_mixed_triplets``).
 
     For every out edge ``s_o -> t_o`` take every in edge ``s_i -> t_i`` with
@@ -304,8 +306,8 @@ def mixed_triplets(
 
     Returns
     -------
-    dict with
-        ``in``: LongTensor (T,), index into the in graph's edges;
+    :class:`~jmp_ase.data.index_types.Triplets` with
+        ``in_``: LongTensor (T,), index into the in graph's edges;
         ``out``: LongTensor (T,), index into the out graph's edges;
         ``out_agg``: LongTensor (T,), ``inner_index(out, E_out)``.
     """
@@ -330,7 +332,7 @@ def mixed_triplets(
         mask = ~same_atom | _nonzero_rows(off_diff)
     out, inn = _select(mask, out, inn)
     # out is sorted by construction (queries come out in order)
-    return {"in": inn, "out": out, "out_agg": _inner_index_sorted(out, num_out)}
+    return Triplets(in_=inn, out=out, out_agg=_inner_index_sorted(out, num_out))
 
 
 @torch.no_grad()
@@ -340,7 +342,7 @@ def quadruplets(
     qint_edge_index: Tensor,
     qint_cell_offset: Tensor,
     num_atoms: int,
-) -> Dict[str, object]:
+) -> Quadruplets:
     """Quadruplets ``d -> b -> a <- c`` (JMP's ``get_quadruplets``).
 
     ``c -> a`` and ``d -> b`` are main-graph edges, ``b -> a`` is a
@@ -356,11 +358,11 @@ def quadruplets(
 
     Returns
     -------
-    dict with
-        ``triplet_in``: dict(``in``: (T_in,) main edge ``d -> b``,
+    :class:`~jmp_ase.data.index_types.Quadruplets` with
+        ``triplet_in``: (``in_``: (T_in,) main edge ``d -> b``,
             ``out``: (T_in,) qint edge ``b -> a``)
             = ``mixed_triplets(in=main, out=qint, to_outedge=True)``;
-        ``triplet_out``: dict(``in``: (T_out,) qint edge ``b -> a``,
+        ``triplet_out``: (``in_``: (T_out,) qint edge ``b -> a``,
             ``out``: (T_out,) main edge ``c -> a``)
             = ``mixed_triplets(in=qint, out=main, to_outedge=False)``;
         ``out``: LongTensor (N_quad,), main edge ``c -> a`` of each quadruplet;
@@ -387,25 +389,25 @@ def quadruplets(
     # For every output triplet (query, key = its qint edge), all input
     # triplets on that qint edge (items, key = their out qint edge).
     trip_out_to_quad, trip_in_to_quad = _expand_matches(
-        t_out["in"], t_in["out"], num_qint
+        t_out.in_, t_in.out, num_qint
     )
-    out = _take(t_out["out"], trip_out_to_quad)
+    out = _take(t_out.out, trip_out_to_quad)
     s_main = main_edge_index[0]
     # Drop c == d (same atom, same image): d's image relative to a's cell is
     # o(d->b) + o(b->a), c's is o(c->a).  Both sides only depend on one
     # triplet, so encode them per triplet and compare scalars per quadruplet.
-    edge_db = t_in["in"]
+    edge_db = t_in.in_
     codes = _atom_image_codes(
         _take(s_main, edge_db),
         _take(main_cell_offset, edge_db),
-        _take(s_main, t_out["out"]),
-        _take(main_cell_offset, t_out["out"]) - _take(qint_cell_offset, t_out["in"]),
+        _take(s_main, t_out.out),
+        _take(main_cell_offset, t_out.out) - _take(qint_cell_offset, t_out.in_),
     )
     if codes is not None:
         code_d, code_c = codes
         mask = _take(code_d, trip_in_to_quad) != _take(code_c, trip_out_to_quad)
     else:
-        inter = _take(t_out["in"], trip_out_to_quad)
+        inter = _take(t_out.in_, trip_out_to_quad)
         db = _take(edge_db, trip_in_to_quad)
         same_atom = _take(s_main, out) == _take(s_main, db)
         off_cd = (
@@ -417,19 +419,19 @@ def quadruplets(
     out, trip_out_to_quad, trip_in_to_quad = _select(
         mask, out, trip_out_to_quad, trip_in_to_quad
     )
-    return {
-        "triplet_in": {"in": t_in["in"], "out": t_in["out"]},
-        "triplet_out": {"in": t_out["in"], "out": t_out["out"]},
-        "out": out,
-        "trip_out_to_quad": trip_out_to_quad,
-        "trip_in_to_quad": trip_in_to_quad,
-        # t_out["out"] and trip_out_to_quad are sorted, hence so is out
-        "out_agg": _inner_index_sorted(out, num_main),
-    }
+    return Quadruplets(
+        triplet_in=TripletPairs(in_=t_in.in_, out=t_in.out),
+        triplet_out=TripletPairs(in_=t_out.in_, out=t_out.out),
+        out=out,
+        trip_out_to_quad=trip_out_to_quad,
+        trip_in_to_quad=trip_in_to_quad,
+        # t_out.out and trip_out_to_quad are sorted, hence so is out
+        out_agg=_inner_index_sorted(out, num_main),
+    )
 
 
 @torch.no_grad()
-def interaction_indices(graphs: Dict[str, Dict[str, Tensor]], num_atoms: int) -> dict:
+def interaction_indices(graphs: Dict[str, Dict[str, Tensor]], num_atoms: int) -> InteractionIndices:
     """Everything GemNet-OC's backbone needs (JMP's ``get_graphs_and_indices``).
 
     Arguments
@@ -442,30 +444,12 @@ def interaction_indices(graphs: Dict[str, Dict[str, Tensor]], num_atoms: int) ->
 
     Returns
     -------
-    dict with (E = symmetrised main edges, E_a2a, E_ae = a2ee2a edges,
-    E_q = qint edges):
-
-    ``main_edge_index``: LongTensor (2, E), symmetrised main graph;
-    ``main_cell_offset``: (E, 3);
-    ``id_swap``: LongTensor (E,), index of the reverse edge;
-    ``trip_e2e``: ``triplets(main)``: ``in``/``out``/``out_agg`` (T_e2e,),
-        ``in`` = main edge b->a, ``out`` = main edge c->a;
-    ``trip_a2e``: ``mixed_triplets(in=a2ee2a, out=main, to_outedge=False)``:
-        ``in`` (T_a2e,) a2ee2a edge, ``out`` (T_a2e,) main edge,
-        ``out_agg`` (T_a2e,);
-    ``trip_e2a``: ``mixed_triplets(in=main, out=a2ee2a, to_outedge=False)``:
-        ``in`` (T_e2a,) main edge, ``out`` (T_e2a,) a2ee2a edge,
-        ``out_agg`` (T_e2a,);
-    ``quad``: ``quadruplets(main_sym, qint)``: ``triplet_in`` {``in``, ``out``}
-        (T_qin,), ``triplet_out`` {``in``, ``out``} (T_qout,), ``out``,
-        ``trip_out_to_quad``, ``trip_in_to_quad``, ``out_agg`` (N_quad,);
-    ``a2ee2a_target_inner``: LongTensor (E_ae,), ``inner_index`` of the
-        a2ee2a target row (JMP's ``a2ee2a_graph["target_neighbor_idx"]``);
-    ``a2a_target_inner``: LongTensor (E_a2a,), ``inner_index`` of the a2a
-        target row (JMP's ``a2a_graph["target_neighbor_idx"]``);
-    ``a2a_edge_index`` (2, E_a2a), ``a2a_cell_offset`` (E_a2a, 3),
-    ``a2ee2a_edge_index`` (2, E_ae), ``a2ee2a_cell_offset`` (E_ae, 3),
-    ``qint_edge_index`` (2, E_q), ``qint_cell_offset`` (E_q, 3): pass-through.
+    :class:`~jmp_ase.data.index_types.InteractionIndices` (``padded_width`` not yet set):
+    the symmetrised main graph with ``id_swap``, the triplets ``trip_e2e`` =
+    ``triplets(main)``, ``trip_a2e`` = ``mixed_triplets(in=a2ee2a, out=main)``, ``trip_e2a`` =
+    ``mixed_triplets(in=main, out=a2ee2a)`` (both ``to_outedge=False``), ``quad`` =
+    ``quadruplets(main_sym, qint)``, the inner ranks of the a2ee2a and a2a targets (JMP's
+    ``target_neighbor_idx``) and the a2a, a2ee2a and qint graphs passed through.
     """
     main = graphs["main"]
     a2a = graphs["a2a"]
@@ -481,24 +465,24 @@ def interaction_indices(graphs: Dict[str, Dict[str, Tensor]], num_atoms: int) ->
     q_ei = _as_long(qint["edge_index"])
     q_off = qint["cell_offset"]
 
-    return {
-        "main_edge_index": main_ei,
-        "main_cell_offset": main_off,
-        "id_swap": id_swap,
-        "trip_e2e": triplets(main_ei, num_atoms),
-        "trip_a2e": mixed_triplets(
+    return InteractionIndices(
+        main_edge_index=main_ei,
+        main_cell_offset=main_off,
+        id_swap=id_swap,
+        trip_e2e=triplets(main_ei, num_atoms),
+        trip_a2e=mixed_triplets(
             ae_ei, ae_off, main_ei, main_off, num_atoms, to_outedge=False
         ),
-        "trip_e2a": mixed_triplets(
+        trip_e2a=mixed_triplets(
             main_ei, main_off, ae_ei, ae_off, num_atoms, to_outedge=False
         ),
-        "quad": quadruplets(main_ei, main_off, q_ei, q_off, num_atoms),
-        "a2ee2a_target_inner": inner_index(ae_ei[1], num_atoms),
-        "a2a_target_inner": inner_index(aa_ei[1], num_atoms),
-        "a2a_edge_index": aa_ei,
-        "a2a_cell_offset": a2a["cell_offset"],
-        "a2ee2a_edge_index": ae_ei,
-        "a2ee2a_cell_offset": ae_off,
-        "qint_edge_index": q_ei,
-        "qint_cell_offset": q_off,
-    }
+        quad=quadruplets(main_ei, main_off, q_ei, q_off, num_atoms),
+        a2ee2a_target_inner=inner_index(ae_ei[1], num_atoms),
+        a2a_target_inner=inner_index(aa_ei[1], num_atoms),
+        a2a_edge_index=aa_ei,
+        a2a_cell_offset=a2a["cell_offset"],
+        a2ee2a_edge_index=ae_ei,
+        a2ee2a_cell_offset=ae_off,
+        qint_edge_index=q_ei,
+        qint_cell_offset=q_off,
+    )

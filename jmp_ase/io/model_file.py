@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jmp_ase import __version__
+from jmp_ase._version import __version__
 from jmp_ase.nn.model import FineTunedModel, ModelConfig
 
 FORMAT = "jmp-ase-model"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from jmp_ase.data.index_types import InteractionIndices
 from jmp_ase.nn.bases import Bases
 from jmp_ase.nn.config import BackboneConfig
 from jmp_ase.nn.interactions import InteractionBlock, OutputBlock
@@ -77,25 +78,25 @@ class GemNetOCBackbone(nn.Module):
         """Distances and unit vectors of the four graphs (see :func:`edge_geometry`)."""
         out = {}
         for g in GRAPH_TYPES:
-            dist, vec = edge_geometry(positions, cell, atom_batch, idx[f"{g}_edge_index"], idx[f"{g}_cell_offset"])
+            dist, vec = edge_geometry(positions, cell, atom_batch, *idx.graph(g))
             out[g] = {"distance": dist, "vector": vec}
         return out
 
-    def forward(self, h, positions, cell, atom_batch, idx: dict) -> BackboneOutput:
-        """h (N, emb_size_atom) atom embeddings; idx from :func:`jmp_ase.data.indices.interaction_indices`
-        plus ``idx["padded_width"]`` (:func:`jmp_ase.data.batch.padded_widths`), as ``AtomsBatch.indices`` has.
+    def forward(self, h, positions, cell, atom_batch, idx: InteractionIndices) -> BackboneOutput:
+        """h (N, emb_size_atom) atom embeddings; idx with ``padded_width`` filled in, as
+        ``AtomsBatch.indices`` has it (:func:`jmp_ase.data.batch.padded_widths`).
 
         The forward pass never reads a tensor's value back to the host: the padded widths
         of the ragged dimensions come in as plain ints.
         """
-        if "padded_width" not in idx:
-            raise KeyError("idx lacks 'padded_width': build batches with jmp_ase.data.batch.batch_from_atoms or "
-                           "assemble_batch, or set idx['padded_width'] = jmp_ase.data.batch.padded_widths(idx)")
+        if idx.padded_width is None:
+            raise ValueError("idx lacks padded_width: build batches with jmp_ase.data.batch.batch_from_atoms or "
+                             "assemble_batch, or use dataclasses.replace(idx, padded_width=padded_widths(idx))")
         num_atoms = h.shape[0]
         geom = self.geometry(positions, cell, atom_batch, idx)
         bases = self.bases(h, geom, idx, num_atoms)
         m = bases["m"]
-        target = idx["main_edge_index"][1]
+        target = idx.main_edge_index[1]
         x_e, x_f = self.out_blocks[0](h, m, bases["output"], target)
         xs_e, xs_f = [x_e], [x_f]
         for block, out_block in zip(self.int_blocks, self.out_blocks[1:]):
@@ -106,7 +107,7 @@ class GemNetOCBackbone(nn.Module):
         return BackboneOutput(
             node_embedding=self.out_mlp_E(torch.cat(xs_e, dim=-1)),
             edge_embedding=self.out_mlp_F(torch.cat(xs_f, dim=-1)),
-            edge_index=idx["main_edge_index"],
+            edge_index=idx.main_edge_index,
             vector=geom["main"]["vector"],
             distance=geom["main"]["distance"],
         )

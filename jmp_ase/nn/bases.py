@@ -10,6 +10,8 @@ import math
 import torch
 from torch import nn
 
+from jmp_ase.data.index_types import InteractionIndices
+
 from jmp_ase.nn.layers import BasisEmbedding, Dense, EdgeEmbedding
 
 
@@ -210,84 +212,84 @@ class Bases(nn.Module):
         the normals n_cab = v_ca × v_ba and n_abd = v_db × v_ba whose angle is the dihedral
         c-a-b-d (see :class:`SphericalBasisLayer`).
         """
-        v_ba_in = v_qint[quad["triplet_in"]["out"]]
-        v_db = v_main[quad["triplet_in"]["in"]]
+        v_ba_in = v_qint[quad.triplet_in.out]
+        v_db = v_main[quad.triplet_in.in_]
         cos_abd = cos_between(v_ba_in, v_db)
-        normal_abd = torch.linalg.cross(v_db, v_ba_in)[quad["trip_in_to_quad"]]
+        normal_abd = torch.linalg.cross(v_db, v_ba_in)[quad.trip_in_to_quad]
 
-        v_ca = v_main[quad["triplet_out"]["out"]]
-        v_ba_out = v_qint[quad["triplet_out"]["in"]]
+        v_ca = v_main[quad.triplet_out.out]
+        v_ba_out = v_qint[quad.triplet_out.in_]
         cos_cab = cos_between(v_ca, v_ba_out)
-        normal_cab = torch.linalg.cross(v_ca, v_ba_out)[quad["trip_out_to_quad"]]
+        normal_cab = torch.linalg.cross(v_ca, v_ba_out)[quad.trip_out_to_quad]
         return cos_cab, cos_abd, normal_cab, normal_abd
 
-    def forward(self, h: torch.Tensor, geom: dict, idx: dict, num_atoms: int) -> dict:
+    def forward(self, h: torch.Tensor, geom: dict, idx: InteractionIndices, num_atoms: int) -> dict:
         """Compute every basis used by the interaction and output blocks.
 
         ``geom[g]`` holds ``distance`` (E_g,) Å and ``vector`` (E_g, 3) unit vectors
         for graph g in main/a2a/a2ee2a/qint; ``idx`` is :func:`jmp_ase.data.indices.interaction_indices`
-        with ``idx["padded_width"]`` (:func:`jmp_ase.data.batch.padded_widths`).
+        with ``idx.padded_width`` (:func:`jmp_ase.data.batch.padded_widths`).
         """
         main, a2a, aea, qint = geom["main"], geom["a2a"], geom["a2ee2a"], geom["qint"]
-        trip, t_a2e, t_e2a, quad = idx["trip_e2e"], idx["trip_a2e"], idx["trip_e2a"], idx["quad"]
+        trip, t_a2e, t_e2a, quad = idx.trip_e2e, idx.trip_a2e, idx.trip_e2a, idx.quad
 
         rad_main = self.radial_basis(main["distance"])
         rad_cir_e2e, cir_e2e = self.cbf_basis_tint(
-            main["distance"], cos_between(main["vector"][trip["out"]], main["vector"][trip["in"]])
+            main["distance"], cos_between(main["vector"][trip.out], main["vector"][trip.in_])
         )
         cos_cab_q, cos_abd, normal_cab, normal_abd = self.quadruplet_angles(main["vector"], qint["vector"], quad)
         rad_cir_qint, cir_qint = self.cbf_basis_qint(qint["distance"], cos_abd)
         rad_sph_qint, sph_qint = self.sbf_basis_qint(
-            main["distance"], cos_cab_q[quad["trip_out_to_quad"]], normal_cab, normal_abd
+            main["distance"], cos_cab_q[quad.trip_out_to_quad], normal_cab, normal_abd
         )
         rad_aea = self.radial_basis_aeaint(aea["distance"])
         rad_cir_a2e, cir_a2e = self.cbf_basis_aeint(
-            main["distance"], cos_between(main["vector"][t_a2e["out"]], aea["vector"][t_a2e["in"]])
+            main["distance"], cos_between(main["vector"][t_a2e.out], aea["vector"][t_a2e.in_])
         )
         rad_cir_e2a, cir_e2a = self.cbf_basis_eaint(
-            aea["distance"], cos_between(aea["vector"][t_e2a["out"]], main["vector"][t_e2a["in"]])
+            aea["distance"], cos_between(aea["vector"][t_e2a.out], main["vector"][t_e2a.in_])
         )
         rad_a2a = self.radial_basis_aint(a2a["distance"])
 
-        aea_target = idx["a2ee2a_edge_index"][1]
-        width = idx["padded_width"]
+        aea_target = idx.a2ee2a_edge_index[1]
+        width = idx.padded_width
         e2a_rad_w, e2a_sph = self.mlp_cbf_eaint.forward_padded(
-            rad_cir_e2a, cir_e2a, t_e2a["out"], t_e2a["out_agg"], width["trip_e2a"]
+            rad_cir_e2a, cir_e2a, t_e2a.out, t_e2a.out_agg, width.trip_e2a
         )
         a2a_rad_w = self.mlp_rbf_aint.radial(rad_a2a)
         return {
-            "m": self.edge_emb(h, rad_main, idx["main_edge_index"]),
+            "m": self.edge_emb(h, rad_main, idx.main_edge_index),
             "atom_update": self.mlp_rbf_h(rad_main),
             "output": self.mlp_rbf_out(rad_main),
             "qint": {
                 "rad": self.mlp_rbf_qint(rad_main),
-                "cir": self.mlp_cbf_qint.forward_gathered(rad_cir_qint, cir_qint, quad["triplet_in"]["out"]),
+                "cir": self.mlp_cbf_qint.forward_gathered(rad_cir_qint, cir_qint, quad.triplet_in.out),
                 "sph": self.mlp_sbf_qint.forward_padded(
-                    rad_sph_qint, sph_qint, quad["out"], quad["out_agg"], width["quad"]
+                    rad_sph_qint, sph_qint, quad.out, quad.out_agg, width.quad
                 ),
             },
             "e2e": {
                 "rad": self.mlp_rbf_tint(rad_main),
                 "cir": self.mlp_cbf_tint.forward_padded(
-                    rad_cir_e2e, cir_e2e, trip["out"], trip["out_agg"], width["trip_e2e"]
+                    rad_cir_e2e, cir_e2e, trip.out, trip.out_agg, width.trip_e2e
                 ),
             },
             "a2e": {
                 "rad": self.mlp_rbf_aeint(rad_aea),
                 "cir": self.mlp_cbf_aeint.forward_padded(
-                    rad_cir_a2e, cir_a2e, t_a2e["out"], t_a2e["out_agg"], width["trip_a2e"]
+                    rad_cir_a2e, cir_a2e, t_a2e.out, t_a2e.out_agg, width.trip_a2e
                 ),
             },
             "e2a": {
                 "rad": self.mlp_rbf_eaint(rad_main),
                 "cir": (
                     self.mlp_cbf_eaint.pad_radial_by_atom(
-                        e2a_rad_w, aea_target, idx["a2ee2a_target_inner"], num_atoms, width["a2ee2a"]
+                        e2a_rad_w, aea_target, idx.a2ee2a_target_inner, num_atoms, width.a2ee2a
                     ),
                     e2a_sph,
                 ),
             },
             "a2a_rad": self.mlp_rbf_aint.pad_radial_by_atom(
-                a2a_rad_w, idx["a2a_edge_index"][1], idx["a2a_target_inner"], num_atoms, width["a2a"]
+                a2a_rad_w, idx.a2a_edge_index[1], idx.a2a_target_inner, num_atoms, width.a2a
             ),
         }

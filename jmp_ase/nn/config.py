@@ -166,3 +166,16 @@ def named_config(name: str) -> BackboneConfig:
         return NAMED_CONFIGS[name.lower()]()
     except KeyError:
         raise ValueError(f"unknown config name {name!r}; choose one of {sorted(NAMED_CONFIGS)}") from None
+
+
+def resolve_backbone_config(config, inferred: BackboneConfig) -> BackboneConfig:
+    """``config`` may be None (use ``inferred``), a name, a dict or a BackboneConfig."""
+    if config is None:
+        return inferred
+    if isinstance(config, str):
+        return named_config(config)
+    if isinstance(config, dict):
+        return BackboneConfig.from_dict(config)
+    if isinstance(config, BackboneConfig):
+        return config
+    raise TypeError(f"config must be None, a name, a dict or a BackboneConfig, not {type(config).__name__}")

@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from jmp_ase.data.index_types import InteractionIndices
+
 from jmp_ase.nn.layers import (
     Dense,
     EdgeEmbedding,
@@ -47,8 +49,8 @@ class TripletInteraction(nn.Module):
         if expand_idx is not None:
             x_ba = x_ba[expand_idx]
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases["rad"]), ref=x_ba)
-        x_ba = self.down_projection(x_ba)[idx["in"]]
-        x = self.mlp_cbf(bases["cir"], x_ba, idx["out"], idx["out_agg"], idx_agg2, idx_agg2_inner, agg2_out_size,
+        x_ba = self.down_projection(x_ba)[idx.in_]
+        x = self.mlp_cbf(bases["cir"], x_ba, idx.out, idx.out_agg, idx_agg2, idx_agg2_inner, agg2_out_size,
                          agg2_width)
         x = self.scale_cbf_sum(x, ref=x_ba)
         if self.symmetric_mp:
@@ -78,10 +80,10 @@ class QuadrupletInteraction(nn.Module):
     def forward(self, m, bases, quad, id_swap):
         x_db = self.dense_db(m)
         x_db = self.scale_rbf(x_db * self.mlp_rbf(bases["rad"]), ref=x_db)
-        x_db = self.down_projection(x_db)[quad["triplet_in"]["in"]]
+        x_db = self.down_projection(x_db)[quad.triplet_in.in_]
         x_db = self.scale_cbf(x_db * self.mlp_cbf(bases["cir"]), ref=x_db)
-        x_db = x_db[quad["trip_in_to_quad"]]
-        x = self.mlp_sbf(bases["sph"], x_db, quad["out"], quad["out_agg"])
+        x_db = x_db[quad.trip_in_to_quad]
+        x = self.mlp_sbf(bases["sph"], x_db, quad.out, quad.out_agg)
         x = self.scale_sbf_sum(x, ref=x_db)
         return _symmetric_output(self, x, id_swap)
 
@@ -204,23 +206,23 @@ class InteractionBlock(nn.Module):
             [ResidualLayer(c.emb_size_edge, activation=act, dropout=do) for _ in range(c.num_concat)]
         )
 
-    def forward(self, h, m, bases: dict, idx: dict):
+    def forward(self, h, m, bases: dict, idx: InteractionIndices):
         """h (n_atoms, emb_size_atom), m (n_edges, emb_size_edge) -> updated (h, m)."""
         num_atoms = h.shape[0]
-        id_swap = idx["id_swap"]
-        aea_index = idx["a2ee2a_edge_index"]
+        id_swap = idx.id_swap
+        aea_index = idx.a2ee2a_edge_index
         x_skip = self.dense_ca(m)
-        x_e2e = self.trip_interaction(m, bases["e2e"], idx["trip_e2e"], id_swap)
-        x_qint = self.quad_interaction(m, bases["qint"], idx["quad"], id_swap)
-        x_a2e = self.atom_edge_interaction(h, bases["a2e"], idx["trip_a2e"], id_swap, expand_idx=aea_index[0])
-        width = idx["padded_width"]
+        x_e2e = self.trip_interaction(m, bases["e2e"], idx.trip_e2e, id_swap)
+        x_qint = self.quad_interaction(m, bases["qint"], idx.quad, id_swap)
+        x_a2e = self.atom_edge_interaction(h, bases["a2e"], idx.trip_a2e, id_swap, expand_idx=aea_index[0])
+        width = idx.padded_width
         h_e2a = self.edge_atom_interaction(
-            m, bases["e2a"], idx["trip_e2a"], id_swap,
-            idx_agg2=aea_index[1], idx_agg2_inner=idx["a2ee2a_target_inner"], agg2_out_size=num_atoms,
-            agg2_width=width["a2ee2a"],
+            m, bases["e2a"], idx.trip_e2a, id_swap,
+            idx_agg2=aea_index[1], idx_agg2_inner=idx.a2ee2a_target_inner, agg2_out_size=num_atoms,
+            agg2_width=width.a2ee2a,
         )
         h_a2a = self.atom_interaction(
-            h, bases["a2a_rad"], idx["a2a_edge_index"], idx["a2a_target_inner"], width["a2a"]
+            h, bases["a2a_rad"], idx.a2a_edge_index, idx.a2a_target_inner, width.a2a
         )
 
         x = (x_skip + x_e2e + x_qint + x_a2e) * (1.0 / math.sqrt(4.0))
@@ -228,6 +230,6 @@ class InteractionBlock(nn.Module):
         x = _run(self.layers_before_skip, x)
         m = _run(self.layers_after_skip, (m + x) * INV_SQRT_2)
         h = _run(self.atom_emb_layers, h)
-        h = (h + self.atom_update(h, m, bases["atom_update"], idx["main_edge_index"][1])) * INV_SQRT_2
-        m2 = _run(self.residual_m, self.concat_layer(h, m, idx["main_edge_index"]))
+        h = (h + self.atom_update(h, m, bases["atom_update"], idx.main_edge_index[1])) * INV_SQRT_2
+        m2 = _run(self.residual_m, self.concat_layer(h, m, idx.main_edge_index))
         return h, (m + m2) * INV_SQRT_2

@@ -159,7 +159,7 @@ class BasisEmbedding(nn.Module):
     def forward_padded(self, rad_basis, sph_basis, idx_sph_outer, idx_sph_inner, width: int):
         """Returns (W(rad) (n_edges, emb, num_sph), sph padded (n_edges, num_sph, Kmax)).
 
-        ``width`` = Kmax, the largest ``idx_sph_inner`` + 1 (``AtomsBatch.indices["padded_width"]``).
+        ``width`` = Kmax, the largest ``idx_sph_inner`` + 1 (``AtomsBatch.indices.padded_width``).
         """
         n_edges = rad_basis.shape[0]
         rad_w = self.radial(rad_basis, sph_basis.shape[-1])

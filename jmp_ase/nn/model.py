@@ -14,10 +14,11 @@ from torch import nn
 
 from jmp_ase.nn.backbone import BackboneOutput, GemNetOCBackbone
 from jmp_ase.data.batch import AtomsBatch
+from jmp_ase.keys import RESERVED_NAMES, UNITS
 from jmp_ase.nn.config import BackboneConfig
 from jmp_ase.nn.derivatives import StrainedInputs
 from jmp_ase.data.graphs import GraphSettings
-from jmp_ase.nn.heads import FineTuneHead, HeadSpec, PretrainOutput, direct_forces
+from jmp_ase.nn.heads import HeadInputs, HeadSpec, PretrainOutput, build_head
 
 
 class AtomEmbedding(nn.Module):
@@ -64,59 +65,6 @@ class JMPPretrainedModel(JMPBackboneModel):
         """Energy (B,) and direct forces (N, 3) of pre-training head ``task`` (normalised units)."""
         out = self.embed(batch)
         return self.output(out, batch.atom_batch, batch.num_structures, task)
-
-
-def _resolve_config(config, inferred: BackboneConfig) -> BackboneConfig:
-    """``config`` may be None (use ``inferred``), a name, a dict or a BackboneConfig."""
-    from jmp_ase.nn.config import named_config
-
-    if config is None:
-        return inferred
-    if isinstance(config, str):
-        return named_config(config)
-    if isinstance(config, dict):
-        return BackboneConfig.from_dict(config)
-    if isinstance(config, BackboneConfig):
-        return config
-    raise TypeError(f"config must be None, a name, a dict or a BackboneConfig, not {type(config).__name__}")
-
-
-def load_jmp_pretrained(path, ema: bool = False, config=None,
-                        smooth_dihedral: bool | None = None) -> tuple[JMPPretrainedModel, list[str] | None]:
-    """Build :class:`JMPPretrainedModel` from an original JMP checkpoint (``jmp-s.pt``, ...),
-    a ``pretrain.ckpt`` of ``jmp-train pretrain`` or a shipped pre-trained model name (``jmp-mini``).
-
-    Tensors are read without executing foreign code (:mod:`jmp_ase.io.jmp_checkpoint`).
-    ``smooth_dihedral`` overrides the backbone's quadruplet basis (same weights).
-    Returns the model (eval mode) and the pre-training task names if the file has them.
-    Raises ``ValueError`` when ``config`` does not fit the file's tensors.
-    """
-    from jmp_ase.io.model_file import resolve_model_path
-    from jmp_ase.io.jmp_checkpoint import read_jmp_checkpoint
-
-    ckpt = read_jmp_checkpoint(resolve_model_path(path), ema=ema)
-    cfg = _resolve_config(config, ckpt.backbone_config())
-    if smooth_dihedral is not None:
-        cfg = dataclasses.replace(cfg, smooth_dihedral=bool(smooth_dihedral))
-    num_mlps = len([k for k in ckpt.energy_heads[0] if k.endswith("weight")]) if ckpt.energy_heads else 2
-    model = JMPPretrainedModel(cfg, max(ckpt.num_tasks, 1), num_mlps=num_mlps)
-    state = {"embedding.atom_embedding.weight": ckpt.atom_embedding}
-    state.update({f"backbone.{k}": v for k, v in ckpt.backbone.items()})
-    for kind, heads in (("out_energy", ckpt.energy_heads), ("out_forces", ckpt.force_heads)):
-        for i, head in enumerate(heads):
-            state.update({f"output.{kind}.{i}.{k}": v for k, v in head.items()})
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: the checkpoint does not fit backbone config {cfg}:\n{err}") from None
-    model.task_info = ckpt.declared_tasks
-    return model.eval(), ckpt.task_names
-
-
-UNITS = {"length": "Å", "energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3"}
-# Names a scalar head may not take: they would shadow ASE properties in calculator results.
-RESERVED_NAMES = ("energy", "free_energy", "energies", "forces", "stress", "stresses", "dipole",
-                  "charges", "magmom", "magmoms")
 
 
 @dataclass
@@ -211,13 +159,8 @@ class FineTunedModel(JMPBackboneModel):
         self.model_config = config
         c = config.backbone
         self.heads = nn.ModuleDict(
-            {
-                spec.name: FineTuneHead(
-                    spec, c.emb_size_edge if spec.kind == "direct_forces" else c.emb_size_atom,
-                    c.num_elements, c.activation,
-                )
-                for spec in config.heads
-            }
+            {spec.name: build_head(spec, c.emb_size_atom, c.emb_size_edge, c.num_elements, c.activation)
+             for spec in config.heads}
         )
 
     @property
@@ -270,25 +213,10 @@ class FineTunedModel(JMPBackboneModel):
             raise ValueError("this model predicts direct forces: it has no stress")
         inputs = StrainedInputs.prepare(batch.positions, batch.cell, batch.atom_batch, conservative, compute_stress)
         out = self.embed(batch, inputs.model_positions, inputs.model_cell)
-        num_structures = batch.num_structures
-        natoms_of_atom = batch.natoms[batch.atom_batch]
+        head_inputs = HeadInputs(out, batch.numbers, batch.atom_batch, batch.num_structures, compute_forces)
         results: dict[str, torch.Tensor] = {}
-        for name, head in self.heads.items():
-            kind = head.spec.kind
-            if kind == "direct_forces":
-                if compute_forces:
-                    scalar = head.mlp(out.edge_embedding)[:, 0]
-                    results["forces"] = head.spec.scale * direct_forces(
-                        scalar, out.vector, out.edge_index[1], batch.positions.shape[0]
-                    )
-                continue
-            per_atom = head.per_atom(out.node_embedding, batch.numbers, natoms_of_atom)
-            value = head.structure_value(per_atom, batch.atom_batch, num_structures)
-            if kind == "energy":
-                results["energy"] = value
-                results["energies"] = per_atom
-            else:
-                results[name] = value
+        for head in self.heads.values():
+            results.update(head(head_inputs))
         results.update(inputs.derivatives(results.get("energy"), batch.cell, conservative, compute_stress,
                                           create_graph=self.training))
         return results
