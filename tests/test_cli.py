@@ -47,21 +47,33 @@ def test_version():
 def test_finetune_command(run_dir):
     root, output = run_dir
     assert "best epoch: 0" in output and "meV/Å" in output
+    assert "structures/s per process" in output and "waiting for data" in output
+    header = open(root / "run" / "steps.csv").readline().strip().split(",")
+    assert header == ["step", "epoch", "batch", "loss", "lr", "structures", "data_s", "step_s"]
     for name in ("model.ckpt", "last.ckpt", "metrics.csv"):
         assert (root / "run" / name).is_file()
     assert len(list(csv.DictReader(open(root / "run" / "metrics.csv")))) == 1
 
 
-def test_finetune_refuses_existing_run_and_resumes(run_dir):
+def test_finetune_refuses_existing_run_and_resumes(run_dir, reference_dir):
     root, _ = run_dir
-    args = ["finetune", str(root / "config.yaml"), "--pretrained", str(root / "run" / "model.ckpt"),
+    parent = str(reference_dir / "jmp-tiny-pretrain.ckpt")
+    args = ["finetune", str(root / "config.yaml"), "--pretrained", parent, "--ema", "--seed", "3",
             "--train", str(root / "train.extxyz"), "--out", str(root / "run"), "--no-progress"]
+    before = (root / "run" / "model.ckpt").read_bytes()
     result = CliRunner().invoke(main, args + ["--max-epochs", "2"])
-    assert result.exit_code != 0 and "already holds a run" in result.output
+    assert result.exit_code == 1 and "already holds a run" in result.output and "Traceback" not in result.output
+    # a parent inside --out would be overwritten by the run's best model: refused, even to resume
+    as_parent = [a if a != parent else str(root / "run" / "model.ckpt") for a in args]
+    result = CliRunner().invoke(main, as_parent + ["--max-epochs", "2", "--resume"])
+    assert result.exit_code == 1 and "holds the parent model" in result.output
+    assert (root / "run" / "model.ckpt").read_bytes() == before
     result = CliRunner().invoke(main, args + ["--max-epochs", "2", "--resume"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     rows = list(csv.DictReader(open(root / "run" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
+    steps = list(csv.DictReader(open(root / "run" / "steps.csv")))
+    assert [int(r["step"]) for r in steps] == list(range(4))  # 10 structures, batches of 5, 2 epochs
 
 
 def test_finetune_clear_errors(tmp_path):
@@ -98,10 +110,57 @@ def test_pretrain_hook_calls_run_pretrain(tmp_path, monkeypatch):
 
     fake.run_pretrain = fake_run
     monkeypatch.setitem(sys.modules, "jmp_ase.training.pretrain", fake)
-    (tmp_path / "p.yaml").write_text("datasets: [a, b]\nmax_epochs: 2\n")
+    write_clusters(tmp_path / "a.extxyz", 3, 0)
+    config = {"out_dir": str(tmp_path / "out"), "data": {"datasets": [{"name": "a", "train": str(tmp_path / "a.extxyz")}]},
+              "trainer": {"max_epochs": 2}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml")])
     assert result.exit_code == 0, result.output
-    assert seen == {"config": {"datasets": ["a", "b"], "max_epochs": 2}, "resume": None}
+    assert seen == {"config": config, "resume": None}
     assert "wrote pretrain.ckpt" in result.output
     result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml"), "--resume"])
     assert result.exit_code == 0 and seen["resume"] is True
+    result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml"), "--devices", "2", "--strategy", "ddp",
+                                       "--num-nodes", "3", "--checkpoint-every", "50"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"]["trainer"] == {"max_epochs": 2, "devices": 2, "strategy": "ddp", "num_nodes": 3,
+                                         "checkpoint_every_n_steps": 50}
+
+
+def test_pretrain_refuses_bad_input_before_training(tmp_path, monkeypatch):
+    fake = types.ModuleType("jmp_ase.training.pretrain")
+    fake.run_pretrain = lambda config, resume=None: pytest.fail("run_pretrain reached")
+    monkeypatch.setitem(sys.modules, "jmp_ase.training.pretrain", fake)
+    write_clusters(tmp_path / "a.extxyz", 3, 0)
+    out = tmp_path / "out"
+    config = {"out_dir": str(out), "data": {"datasets": [{"name": "a", "train": str(tmp_path / "a.extxyz")},
+                                                          {"name": "b", "train": str(tmp_path / "b.extxyz")}]}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and "'b'" in result.output
+    assert "b.extxyz" in result.output
+    config["data"]["datasets"].pop()
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    out.mkdir()
+    (out / "pretrain.ckpt").write_bytes(b"x")
+    result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 1 and "already holds a run (pretrain.ckpt)" in result.output
+    assert (out / "pretrain.ckpt").read_bytes() == b"x"
+
+
+def test_info_refuses_weights_that_do_not_fit(run_dir, tmp_path):
+    import torch
+
+    from jmp_ase.io.model_file import checksum
+
+    root, _ = run_dir
+    content = torch.load(root / "run" / "model.ckpt", map_location="cpu", weights_only=True)
+    key = "embedding.atom_embedding.weight"
+    content["state_dict"][key] = content["state_dict"][key][:, :-1].clone()
+    content["checksum"] = checksum(content["config"], content["state_dict"])
+    torch.save(content, tmp_path / "bad.ckpt")
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "bad.ckpt")])
+    assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    good = CliRunner().invoke(main, ["info", str(root / "run" / "model.ckpt")])
+    assert good.exit_code == 0 and '"best_epoch"' in good.output

@@ -19,7 +19,7 @@ from jmp_ase.nn.config import tiny
 from jmp_ase.nn.heads import HeadSpec
 from jmp_ase.nn.model import FineTunedModel, ModelConfig
 from jmp_ase.training.data import DatasetSpec, collate
-from jmp_ase.training.ema import EMACallback
+from jmp_ase.training.ema import EMA
 from jmp_ase.training.finetune import ErrorSums, FinetuneConfig, build_model, run_finetune
 from jmp_ase.training.losses import compute_losses, energy_loss, force_loss
 from jmp_ase.training.scaling import scale_factors
@@ -118,22 +118,31 @@ def test_schedule_values():
     assert state["bad_epochs"] == 0 and state["best"] == 1.0
 
 
-def test_ema_callback_average_and_swap():
-    model = tiny_model()
+def test_finetuning_ema_average_and_swap():
+    """Fine-tuning uses the pre-training EMA: per optimiser step, over the trained parameters,
+    swapped in for validation (the weights of the saved model) and back."""
+    from types import SimpleNamespace
+
     holder = torch.nn.Module()
-    holder.model = model
-    ema = EMACallback(decay=0.75)
-    ema.on_fit_start(None, holder)
-    key = "heads.energy.mlp.0.weight"
-    start = model.state_dict()[key].clone()
+    holder.model = tiny_model()
+    holder.model.backbone.out_mlp_F.requires_grad_(False)  # frozen (outside the loss): not averaged
+    trainer = SimpleNamespace(global_step=0)
+    ema = EMA(decay=0.75)
+    ema.on_fit_start(trainer, holder)
+    assert ema.names == [n for n, p in holder.named_parameters() if p.requires_grad]
+    assert not any(".out_mlp_F." in n for n in ema.names)
+    weight = holder.model.heads.energy.mlp[0].weight
+    start = weight.detach().clone()
     with torch.no_grad():
-        model.heads.energy.mlp[0].weight.add_(1.0)
-    ema.on_train_batch_end(None, holder, None, None, 0)
-    torch.testing.assert_close(ema.shadow[key], start + 0.25)
-    ema.on_validation_start(None, holder)
-    torch.testing.assert_close(model.state_dict()[key], start + 0.25)
-    ema.on_validation_end(None, holder)
-    torch.testing.assert_close(model.state_dict()[key], start + 1.0)
+        weight.add_(1.0)
+    ema.on_train_batch_end(trainer, holder, None, None, 0)  # no optimiser step yet: no update
+    torch.testing.assert_close(ema.ema[ema.names.index("model.heads.energy.mlp.0.weight")], start)
+    trainer.global_step = 1
+    ema.on_train_batch_end(trainer, holder, None, None, 0)
+    ema.on_validation_start(trainer, holder)
+    torch.testing.assert_close(weight.detach(), start + 0.25)
+    ema.on_validation_end(trainer, holder)
+    torch.testing.assert_close(weight.detach(), start + 1.0)
 
 
 def test_heads_carry_normalisation(data_dir):
@@ -268,7 +277,7 @@ def test_config_errors(data_dir, tmp_path):
         FinetuneConfig.from_dict({"learning_rate": 1.0})
     with pytest.raises(ValueError, match="parent model"):
         FinetuneConfig.from_dict({"train": "x.extxyz"})
-    with pytest.raises(FileNotFoundError, match="cannot resume"):
+    with pytest.raises(ValueError, match="cannot resume"):
         run_finetune(base_config(data_dir, tmp_path / "none", scratch=True, backbone="tiny", resume=True))
 
 

@@ -23,6 +23,11 @@ def _devices(value):
     return int(value) if str(value).isdigit() else value
 
 
+# Faults a user can cause (bad options, files, folders, data): one "Error:" line, no traceback.
+ANTICIPATED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, ImportError,
+               FloatingPointError)
+
+
 @main.command()
 @click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--pretrained", help="Parent model: original JMP checkpoint, pretrain.ckpt, jmp-ase model file or name.")
@@ -35,29 +40,43 @@ def _devices(value):
 @click.option("--max-epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float, help="Peak learning rate of the top layers.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder (model.ckpt, last.ckpt, metrics.csv).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Output folder (model.ckpt, last.ckpt, metrics.csv, steps.csv); must not hold a run or model.")
 @click.option("--seed", type=int)
-@click.option("--cutoff", type=float, help="Graph cutoff in Å.")
-@click.option("--max-neighbors", type=int)
+@click.option("--cutoff", type=float, help="Graph cutoff in Å (default: the parent's).")
+@click.option("--max-neighbors", type=int, help="Neighbours per atom (default: the parent's).")
 @click.option("--tags", type=click.Choice(["ignore", "oc20"]),
-              help="How the data's tags are read: ignore (every atom tag 2, the default) or oc20 (0/1/2).")
+              help="How the data's tags are read (default: the parent's, else ignore): ignore (every atom tag 2) "
+                   "or oc20 (0/1/2).")
+@click.option("--qint-tags", help="Tags of the atoms in the quadruplet graph, e.g. 1,2 (default: the parent's).")
 @click.option("--smooth-dihedral/--jmp-dihedral", default=None,
               help="Quadruplet basis: smooth (default with conservative forces) or JMP's exact dihedral.")
-@click.option("--devices", help="Number of devices (or 'auto').")
+@click.option("--devices", help="Devices per node (a number or 'auto').")
+@click.option("--num-nodes", type=int, help="Nodes (several: one process per device on each).")
+@click.option("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, ...")
 @click.option("--accelerator", help="cpu, gpu or auto.")
+@click.option("--num-workers", type=int, help="DataLoader worker processes (they read structures and build graphs).")
+@click.option("--checkpoint-every", type=int,
+              help="Write last.ckpt every N optimiser steps (default: every 10 minutes, and after every epoch).")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out from its last.ckpt.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars.")
 def finetune(config, **options):
-    """Fine-tune a JMP backbone; CONFIG is a YAML file whose settings the options override."""
-    from jmp_ase.training.finetune import FinetuneConfig, run_finetune
+    """Fine-tune a JMP backbone; CONFIG is a YAML file whose settings the options override.
+    Graph settings (cutoff, max_neighbors, tags, qint_tags) default to the parent's."""
+    from jmp_ase.training.finetune_config import FinetuneConfig
+    from jmp_ase.training.preflight import preflight_finetune
 
     options["devices"] = _devices(options["devices"])
     try:
         settings = FinetuneConfig.from_yaml(config, **options)
+        preflight_finetune(settings)  # before torch and Lightning are imported: fails within a second
+        from jmp_ase.training.finetune import run_finetune
+
         summary = run_finetune(settings)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+    except ANTICIPATED as err:
         raise click.ClickException(str(err)) from None
-    click.echo(summary["text"])
+    if summary["text"]:
+        click.echo(summary["text"])
 
 
 def default_targets(model, labels: list[str]) -> list[str]:
@@ -143,7 +162,7 @@ def evaluate(model, data, out, targets, batch_size, device):
         spec = DatasetSpec(data, names, cfg.cutoff, cfg.max_neighbors, tags=cfg.tags)
         dataset = spec.build(cfg.backbone.qint_tags, cfg.backbone.num_elements)
         errors = predict_dataset(net, dataset, batch_size, device, names)
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except ANTICIPATED as err:
         raise click.ClickException(str(err)) from None
     metrics = errors.metrics({}, {})
     units = {n: h.spec.units for n, h in net.heads.items()}
@@ -165,14 +184,41 @@ def evaluate(model, data, out, targets, batch_size, device):
 @main.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--resume", is_flag=True, help="Continue the run in the config's output folder from its last.ckpt.")
-def pretrain(config, resume):
+@click.option("--devices", help="Devices per node (a number or 'auto'); overrides trainer.devices.")
+@click.option("--num-nodes", type=int, help="Nodes; overrides trainer.num_nodes.")
+@click.option("--strategy", help="Lightning strategy (auto, ddp, ...); overrides trainer.strategy.")
+@click.option("--accelerator", help="cpu, gpu or auto; overrides trainer.accelerator.")
+@click.option("--checkpoint-every", type=int, help="last.ckpt every N optimiser steps; overrides "
+                                                   "trainer.checkpoint_every_n_steps.")
+def pretrain(config, resume, **options):
     """Joint pre-training on several data sets, as configured in the YAML file CONFIG."""
     import yaml
 
-    from jmp_ase.training.pretrain import run_pretrain
+    try:
+        settings = yaml.safe_load(Path(config).read_text()) or {}
+        if not isinstance(settings, dict):
+            raise ValueError(f"{config}: a pre-training config is a mapping of settings")
+        overrides = {"devices": _devices(options["devices"]), "num_nodes": options["num_nodes"],
+                     "strategy": options["strategy"], "accelerator": options["accelerator"],
+                     "checkpoint_every_n_steps": options["checkpoint_every"]}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if overrides:
+            trainer = settings.get("trainer") or {}
+            if not isinstance(trainer, dict):
+                raise ValueError(f"{config}: trainer must be a mapping of settings")
+            settings["trainer"] = {**trainer, **overrides}
+        for key in ("num_nodes", "checkpoint_every_n_steps"):
+            if key in overrides and overrides[key] < (1 if key == "num_nodes" else 0):
+                raise ValueError(f"--{key.replace('_n_steps', '').replace('_', '-')} must be positive")
+        from jmp_ase.training.preflight import preflight_pretrain
 
-    settings = yaml.safe_load(Path(config).read_text()) or {}
-    click.echo(f"wrote {run_pretrain(settings, resume=resume or None)}")
+        preflight_pretrain(settings, resume or None)  # before torch and Lightning are imported
+        from jmp_ase.training.pretrain import run_pretrain
+
+        path = run_pretrain(settings, resume=resume or None)
+    except (*ANTICIPATED, yaml.YAMLError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote {path}")
 
 
 @main.command()
@@ -188,11 +234,23 @@ def info(model):
     try:
         provenance = model_provenance(model)
         settings = model_settings(model)
-    except (ValueError, FileNotFoundError) as err:
+        _check_weights(model)
+    except ANTICIPATED as err:
         raise click.ClickException(str(err)) from None
     for line in settings:
         click.echo(line)
     click.echo(json.dumps(provenance, indent=1, default=str) if provenance else f"{model}: no provenance recorded")
+
+
+def _check_weights(model) -> None:
+    """Raise ``ValueError`` when the file's weights do not fit its config (as the calculator would)."""
+    from jmp_ase.io.model_file import _pretrain_heads, _read, load_model, resolve_model_path
+    from jmp_ase.io.pretrained import load_jmp_pretrained
+
+    if _pretrain_heads(_read(resolve_model_path(model))) is not None:
+        load_jmp_pretrained(model)
+    else:
+        load_model(model)
 
 
 if __name__ == "__main__":  # pragma: no cover

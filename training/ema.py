@@ -1,4 +1,6 @@
-"""Exponential moving average of the weights, as JMP's ``modules/ema.py`` keeps it.
+"""Exponential moving average of the weights, as JMP's ``modules/ema.py`` keeps it: the one
+EMA of pre-training and fine-tuning (for fine-tuning the averaged weights are also those of
+the saved model, ``model.ckpt``).
 
 After every ``every_n_steps``-th optimiser step ``ema = decay * ema + (1 - decay) * param``
 for every trained parameter; the average starts from the weights before the first step.
@@ -129,49 +131,3 @@ class EMA(pl.Callback):
         ema = states[0].pop("ema", None) if states else None
         if ema is not None:
             self.ema = [t.clone() for t in ema]
-
-
-class EMACallback(pl.Callback):
-    """Fine-tuning's exponential moving average of the weights (``decay`` 0.99, updated after
-    every training batch), swapped in for validation; the weights of the saved model."""
-
-    def __init__(self, decay: float = 0.99):
-        self.decay = decay
-        self.shadow: dict | None = None
-        self._backup: dict | None = None
-
-    def _floats(self, module):
-        return {k: v for k, v in module.model.state_dict().items() if v.is_floating_point()}
-
-    def on_fit_start(self, trainer, pl_module):
-        weights = self._floats(pl_module)
-        if self.shadow is None:
-            self.shadow = {k: v.detach().clone() for k, v in weights.items()}
-        self.shadow = {k: v.to(weights[k].device) for k, v in self.shadow.items()}
-
-    @torch.no_grad()
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        for k, v in self._floats(pl_module).items():
-            self.shadow[k].lerp_(v, 1.0 - self.decay)
-
-    def swap_in(self, pl_module):
-        if self.shadow is not None and self._backup is None:
-            self._backup = {k: v.detach().clone() for k, v in self._floats(pl_module).items()}
-            pl_module.model.load_state_dict(self.shadow, strict=False)
-
-    def swap_out(self, pl_module):
-        if self._backup is not None:
-            pl_module.model.load_state_dict(self._backup, strict=False)
-            self._backup = None
-
-    def on_validation_start(self, trainer, pl_module):
-        self.swap_in(pl_module)
-
-    def on_validation_end(self, trainer, pl_module):
-        self.swap_out(pl_module)
-
-    def state_dict(self):
-        return {"decay": self.decay, "shadow": self.shadow}
-
-    def load_state_dict(self, state):
-        self.decay, self.shadow = state["decay"], state["shadow"]

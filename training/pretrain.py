@@ -30,7 +30,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from jmp_ase.io.model_file import atomic_torch_save
 from jmp_ase.nn.config import BackboneConfig, named_config
@@ -38,6 +37,7 @@ from jmp_ase.nn.heads import direct_forces, sum_per_structure
 from jmp_ase.io.jmp_checkpoint import PRETRAIN_FORMAT
 from jmp_ase.nn.model import JMPPretrainedModel
 from . import pretrain_data as D
+from jmp_ase.training.checkpoints import AtomicCheckpointIO, StepCheckpoint
 from jmp_ase.training.ema import EMA
 from jmp_ase.training.losses import per_task_means, structurewise_loss
 from jmp_ase.training.scaling import fit_scale_factors
@@ -231,36 +231,6 @@ class PretrainModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         if "rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["rng_state"])
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file in the same folder, then renamed.
-
-    Lightning's own writer goes through fsspec, which stages the file in the system temp
-    folder and *moves* it: a copy, not an atomic rename, when that is another file system.
-    """
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
-        atomic_torch_save(checkpoint, path)
-
-
-class StepCheckpoint(pl.Callback):
-    """``last.ckpt`` every ``every_n_steps`` optimiser steps and when training ends."""
-
-    def __init__(self, path, every_n_steps: int):
-        self.path, self.every, self._saved_at = str(path), int(every_n_steps), -1
-
-    def _save(self, trainer):
-        if trainer.global_step != self._saved_at:
-            trainer.save_checkpoint(self.path)
-            self._saved_at = trainer.global_step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.every > 0 and trainer.global_step > 0 and trainer.global_step % self.every == 0:
-            self._save(trainer)
-
-    def on_train_end(self, trainer, pl_module):
-        self._save(trainer)
 
 
 class _AppendingLogger(CSVLogger):

@@ -1,0 +1,159 @@
+"""Settings of a fine-tuning run (:class:`FinetuneConfig`), importable without torch or Lightning
+so that ``jmp-train finetune`` can refuse bad settings within a second."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Graph settings a fine-tuning run takes from its parent unless given: the model owns them.
+GRAPH_SETTINGS = ("cutoff", "max_neighbors", "tags", "qint_tags")
+TAG_RULES = ("ignore", "oc20")
+
+
+@dataclass
+class FinetuneConfig:
+    """All settings of a fine-tuning run (the YAML file's keys; see configs/finetune-aspirin.yaml)."""
+
+    pretrained: str | None = None  # original JMP checkpoint, pretrain.ckpt, jmp-ase model file or shipped name
+    ema: bool = False  # use the parent checkpoint's EMA weights
+    scratch: bool = False  # same architecture, random weights
+    backbone: str | dict | None = None  # architecture for scratch without a parent ("jmp-s", "tiny", dict)
+    train: str | list | None = None
+    val: str | list | None = None  # None: val_fraction of train, split with seed
+    test: str | list | None = None
+    format: str | None = None
+    streaming: bool = False
+    val_fraction: float = 0.1
+    targets: list = field(default_factory=lambda: ["energy", "forces"])
+    reductions: dict = field(default_factory=dict)  # graph target -> sum | mean | max (default mean)
+    units: dict = field(default_factory=dict)  # graph target -> unit name, for reports
+    direct_forces: bool = False
+    fit_references: bool = True
+    # Graph settings: None takes the parent's (a jmp-ase model file or pretrain.ckpt states them;
+    # an original JMP checkpoint does not: then 12 Å (at most the radial basis), 30, ignore, (1, 2)).
+    cutoff: float | None = None
+    max_neighbors: int | None = None
+    tags: str | None = None  # "ignore": every atom tag 2 (JMP's fine-tuning convention); "oc20": 0/1/2 from the data
+    qint_tags: list | None = None  # tags of the atoms in the quadruplet graph (the backbone's setting)
+    smooth_dihedral: bool | None = None  # smooth quadruplet basis; None: on with conservative forces
+    force_error_limit: float = 100.0  # stop when a structure's force error exceeds this many force-label RMS
+    loss_weights: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 1.0})
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    llrd_decay: float = 0.8
+    warmup_epochs: float = 5
+    cosine_epochs: float = 32
+    warmup_start_factor: float = 0.1
+    min_lr_factor: float = 0.1
+    rlp_factor: float = 0.8
+    rlp_patience: int = 3
+    min_lr: float = 1e-8  # training stops when every rate is below this
+    early_stopping_patience: int = 50
+    early_stopping_min_delta: float = 1e-8
+    scale_fit_batches: int = 8  # scratch only: fit the ScaleFactors on this many training batches (0: off)
+    ema_decay: float = 0.99
+    max_epochs: int = 100
+    batch_size: int = 4
+    eval_batch_size: int | None = None
+    num_workers: int = 0  # DataLoader worker processes (they read structures and build graphs)
+    grad_clip: float | None = 1.0  # by value, as JMP
+    seed: int = 0
+    out: str = "runs/finetune"
+    resume: bool = False
+    checkpoint_every: int | None = None  # last.ckpt every N optimiser steps; None: every checkpoint_minutes
+    checkpoint_minutes: float = 10.0
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FinetuneConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict):
+            raise ValueError(f"a fine-tuning config is a mapping of settings, got {type(values).__name__}")
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown fine-tuning settings {unknown}; known settings: {sorted(known)}")
+        values = {k: v for k, v in values.items() if v is not None or k in ("val", "test", "pretrained")}
+        for f in dataclasses.fields(cls):  # YAML reads 1e-4 as a string
+            kinds = [t.strip() for t in str(f.type).split("|")]
+            if f.name not in values or not isinstance(values[f.name], str) \
+                    or not {"float", "int"} & set(kinds) or not set(kinds) <= {"float", "int", "None"}:
+                continue
+            try:
+                values[f.name] = float(values[f.name]) if "float" in kinds else int(values[f.name])
+            except ValueError:
+                raise ValueError(f"setting {f.name} must be a number, got {values[f.name]!r}") from None
+        config = cls(**values)
+        config._check()
+        return config
+
+    def _check(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = [t.strip() for t in self.targets.split(",") if t.strip()]
+        if not self.targets:
+            raise ValueError("no targets given")
+        if self.direct_forces and "stress" in self.targets:
+            raise ValueError("a model with direct forces has no stress: drop 'stress' or direct_forces")
+        if self.train is None:
+            raise ValueError("no training data given (train: FILE)")
+        if self.pretrained is None and not self.scratch:
+            raise ValueError("give a parent model (pretrained: PATH) or train from scratch (scratch: true)")
+        positive = {"max_epochs": "--max-epochs", "batch_size": "--batch-size", "num_nodes": "--num-nodes"}
+        for name, option in positive.items():
+            if int(getattr(self, name)) < 1:
+                hint = " (0 epochs would write no model; use `jmp-train evaluate` to test a parent)" \
+                    if name == "max_epochs" else ""
+                raise ValueError(f"{option} must be at least 1, got {getattr(self, name)}{hint}")
+        if self.eval_batch_size is not None and int(self.eval_batch_size) < 1:
+            raise ValueError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        if not float(self.lr) > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if int(self.num_workers) < 0:
+            raise ValueError(f"--num-workers must be 0 or more, got {self.num_workers}")
+        if self.checkpoint_every is not None and int(self.checkpoint_every) < 1:
+            raise ValueError(f"--checkpoint-every must be at least 1 step, got {self.checkpoint_every}")
+        if not float(self.checkpoint_minutes) > 0:
+            raise ValueError(f"checkpoint_minutes must be positive, got {self.checkpoint_minutes}")
+        if self.cutoff is not None and not float(self.cutoff) > 0:
+            raise ValueError(f"--cutoff must be positive (Å), got {self.cutoff}")
+        if self.max_neighbors is not None and int(self.max_neighbors) < 1:
+            raise ValueError(f"--max-neighbors must be at least 1, got {self.max_neighbors}")
+        if self.tags is not None and self.tags not in TAG_RULES:
+            raise ValueError(f"--tags must be one of {list(TAG_RULES)}, got {self.tags!r}")
+        if self.qint_tags is not None:
+            self.qint_tags = parse_qint_tags(self.qint_tags)
+        if not 0 < float(self.val_fraction) < 1:
+            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+
+    @classmethod
+    def from_yaml(cls, path, **overrides) -> "FinetuneConfig":
+        import yaml
+
+        values = {}
+        if path:
+            try:
+                values = yaml.safe_load(Path(path).read_text()) or {}
+            except yaml.YAMLError as err:
+                raise ValueError(f"{path}: not a readable YAML file: {err}") from None
+            if not isinstance(values, dict):
+                raise ValueError(f"{path}: a fine-tuning config is a mapping of settings, got {type(values).__name__}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+
+def parse_qint_tags(value) -> tuple[int, ...]:
+    """``"1,2"``, ``[1, 2]`` -> ``(1, 2)``; tags are 0 (bulk), 1 (surface), 2 (adsorbate / molecule)."""
+    items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+    try:
+        tags = tuple(sorted({int(v) for v in items}))
+    except (TypeError, ValueError):
+        raise ValueError(f"--qint-tags must be tags among 0, 1, 2 (e.g. 1,2), got {value!r}") from None
+    if not tags or not set(tags) <= {0, 1, 2}:
+        raise ValueError(f"--qint-tags must be tags among 0, 1, 2 (e.g. 1,2), got {value!r}")
+    return tags

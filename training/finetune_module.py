@@ -1,0 +1,262 @@
+"""The fine-tuning LightningModule: steps, optimiser and schedule, metrics.csv / steps.csv, the
+best model file and the state a run resumes from (mid-epoch included)."""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from jmp_ase._version import __version__
+from jmp_ase.io.model_file import save_model
+from jmp_ase.nn.model import FineTunedModel
+
+from jmp_ase.training.checkpoints import count_rows
+from jmp_ase.training.finetune_config import FinetuneConfig
+from jmp_ase.training.loaders import eval_loader, train_batches_per_epoch, train_loader
+from jmp_ase.training.losses import check_force_errors, compute_losses
+from jmp_ase.training.schedules import WarmupCosineRLP, param_groups_with_llrd
+
+
+class ErrorSums:
+    """Accumulates, per target, the loss measure and component-wise absolute/squared errors."""
+
+    def __init__(self):
+        self.sums: dict[str, np.ndarray] = {}
+
+    def add(self, preds: dict, targets: dict) -> None:
+        for name, target in targets.items():
+            err = (preds[name].detach() - target).double()
+            loss = err.norm(dim=-1) if name == "forces" else err.abs()
+            row = np.array([loss.sum().item(), loss.numel(), err.abs().sum().item(), err.square().sum().item(),
+                            err.numel()])
+            self.sums[name] = self.sums.get(name, 0) + row
+
+    def metrics(self, weights: dict, scales: dict, prefix: str = "") -> dict[str, float]:
+        """``{prefix}loss`` (the weighted loss of the whole epoch), ``{prefix}{t}_mae`` / ``_rmse``."""
+        out, total = {}, 0.0
+        for name, (loss_sum, loss_n, abs_sum, sq_sum, n) in self.sums.items():
+            total += weights.get(name, 1.0) * (loss_sum / loss_n) / scales.get(name, 1.0)
+            out[f"{prefix}{name}_mae"] = float(abs_sum / n)
+            out[f"{prefix}{name}_rmse"] = math.sqrt(sq_sum / n)
+        out[f"{prefix}loss"] = float(total)
+        return out
+
+    def state(self) -> dict:
+        """Plain lists (checkpoints are read with ``weights_only=True``)."""
+        return {k: [float(x) for x in v] for k, v in self.sums.items()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ErrorSums":
+        out = cls()
+        out.sums = {k: np.asarray(v, dtype=np.float64) for k, v in (state or {}).items()}
+        return out
+
+
+def throughput(timing: dict) -> dict:
+    """Training structures per second of one process (waiting for data included) and the share
+    of that time spent waiting for batches (reading structures, building graphs, collating)."""
+    total = timing["data_s"] + timing["step_s"]
+    return {"structures_per_s": round(timing["structures"] / total, 3) if total > 0 else float("nan"),
+            "data_wait_share": round(timing["data_s"] / total, 4) if total > 0 else float("nan")}
+
+
+class FinetuneModule(L.LightningModule):
+    """Training/validation steps, optimiser and schedule, metrics.csv, steps.csv and the best model file.
+
+    ``datasets``: ``train`` and ``val`` :class:`~jmp_ase.training.data.StructureDataset`; the
+    loaders are made once the process group is known (each process gets its share).
+    """
+
+    def __init__(self, model: FineTunedModel, config: FinetuneConfig, scales: dict, datasets: dict,
+                 provenance: dict | None = None):
+        super().__init__()
+        self.model, self.config, self.scales = model, config, scales
+        self.datasets = datasets
+        self.weights = {t: float(config.loss_weights.get(t, 1.0)) for t in config.targets}
+        self.provenance = provenance or {}
+        self.best = {"val_loss": math.inf, "epoch": -1}
+        # eV/Å: a structure whose force error exceeds this stops the run (check_force_errors)
+        self.force_error_limit = config.force_error_limit * scales.get("forces", 1.0)
+        self._train, self._val, self._val_metrics = ErrorSums(), ErrorSums(), {}
+        self._elapsed_before, self._loss = 0.0, None
+        # wall time of this process: waiting for batches (reading, graph building, collation) and steps
+        self.timing = {"structures": 0, "data_s": 0.0, "step_s": 0.0}
+        self._epoch_timing = dict(self.timing)
+        self._t_end = self._t_start = None
+        self._batch_structures, self._data_s = 0, 0.0
+        self.out = Path(config.out)
+
+    # ------------------------------------------------------------------ data
+    def train_dataloader(self):
+        c = self.config
+        loader = train_loader(self.datasets["train"], c.batch_size, c.seed, self.trainer.world_size,
+                              self.trainer.global_rank, c.num_workers)
+        loader.progress = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return loader
+
+    def val_dataloader(self):
+        c = self.config
+        return eval_loader(self.datasets["val"], c.eval_batch_size or c.batch_size, self.trainer.world_size,
+                           self.trainer.global_rank, c.num_workers)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        atoms_batch, targets = batch
+        return atoms_batch.to(device), {k: v.to(device) for k, v in targets.items()}
+
+    # ------------------------------------------------------------------ steps
+    def on_fit_start(self):
+        self._fit_start = time.perf_counter() - self._elapsed_before  # wall time of the run, logged per epoch
+
+    def forward(self, batch):
+        targets = self.config.targets
+        return self.model(batch, compute_stress="stress" in targets, compute_forces="forces" in targets)
+
+    def on_train_epoch_start(self):
+        self._t_end = time.perf_counter()
+        self._epoch_timing = {"structures": 0, "data_s": 0.0, "step_s": 0.0}
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._t_start = time.perf_counter()
+        self._data_s = self._t_start - self._t_end if self._t_end is not None else 0.0
+
+    def training_step(self, batch, batch_idx):
+        atoms_batch, targets = batch
+        self._batch_structures = atoms_batch.num_structures
+        preds = self(atoms_batch)
+        check_force_errors(preds, targets, atoms_batch, self.force_error_limit)
+        loss, terms = compute_losses(preds, targets, self.weights, self.scales)
+        self._train.add(preds, targets)
+        self._loss = loss.detach()
+        self.log("loss", self._loss, prog_bar=True, batch_size=atoms_batch.num_structures)
+        return loss
+
+    def write_step(self, batch_idx) -> None:
+        """One row of steps.csv per optimiser step (called by :class:`StepRows`, before a checkpoint)."""
+        now = time.perf_counter()
+        step_s = now - self._t_start if self._t_start is not None else 0.0
+        self._t_end = now
+        for timing in (self.timing, self._epoch_timing):
+            timing["structures"] += self._batch_structures
+            timing["data_s"] += self._data_s
+            timing["step_s"] += step_s
+        if not self.trainer.is_global_zero or self._loss is None:
+            return
+        path = self.out / "steps.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["step", "epoch", "batch", "loss", "lr", "structures", "data_s", "step_s"])
+            writer.writerow([self.global_step - 1, self.current_epoch, batch_idx, repr(float(self._loss)),
+                             repr(max(g["lr"] for g in self.optimizers().param_groups)), self._batch_structures,
+                             round(self._data_s, 4), round(step_s, 4)])
+
+    def validation_step(self, batch, batch_idx):
+        atoms_batch, targets = batch
+        with torch.enable_grad():
+            preds = self(atoms_batch)
+        check_force_errors(preds, targets, atoms_batch, self.force_error_limit)
+        self._val.add(preds, targets)
+
+    def _synced(self, errors: ErrorSums) -> ErrorSums:
+        """The sums over all processes (DDP); unchanged on one device."""
+        if self.trainer.world_size > 1:
+            for name in sorted(errors.sums):
+                total = self.trainer.strategy.reduce(torch.tensor(errors.sums[name], device=self.device),
+                                                     reduce_op="sum")
+                errors.sums[name] = total.cpu().numpy()
+        return errors
+
+    def on_validation_epoch_end(self):
+        metrics = self._synced(self._val).metrics(self.weights, self.scales, "val_")
+        self._val = ErrorSums()
+        self._val_metrics = metrics
+        self.log("val_loss", metrics["val_loss"], prog_bar=True)
+        if self.trainer.sanity_checking:
+            return
+        for scheduler in self._schedulers():
+            scheduler.plateau_step(metrics["val_loss"])
+        if metrics["val_loss"] < self.best["val_loss"]:  # EMA weights are in place (training/ema.py)
+            self.best = {"val_loss": metrics["val_loss"], "epoch": self.current_epoch, **metrics}
+            if self.trainer.is_global_zero:
+                self.save_model(self.out / "model.ckpt")
+
+    def on_train_epoch_end(self):
+        row = {"epoch": self.current_epoch, **self._synced(self._train).metrics(self.weights, self.scales, "train_"),
+               **self._val_metrics, "lr": max(g["lr"] for g in self.optimizers().param_groups),
+               "elapsed_s": round(time.perf_counter() - self._fit_start, 2), **throughput(self._epoch_timing)}
+        self._train, self._val_metrics = ErrorSums(), {}
+        path = self.out / "metrics.csv"
+        if self.trainer.is_global_zero:
+            new = not path.exists()
+            with open(path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+        if row["lr"] < self.config.min_lr:
+            self.trainer.should_stop = True
+
+    # ------------------------------------------------------------------ optimiser
+    def _schedulers(self):
+        schedulers = self.lr_schedulers()
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        return [s for s in schedulers if isinstance(s, WarmupCosineRLP)]
+
+    def configure_optimizers(self):
+        c = self.config
+        groups = param_groups_with_llrd(self.model, c.lr, c.llrd_decay, c.weight_decay)
+        for group in groups:  # parameters outside the loss are frozen (freeze_unused): not optimised
+            group["params"] = [p for p in group["params"] if p.requires_grad]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=c.lr, betas=tuple(c.betas))
+        steps_per_epoch = train_batches_per_epoch(len(self.datasets["train"]), c.batch_size, self.trainer.world_size)
+        warmup = int(round(c.warmup_epochs * steps_per_epoch))
+        cosine = int(round(min(c.cosine_epochs, c.max_epochs) * steps_per_epoch))
+        scheduler = WarmupCosineRLP(optimizer, warmup, cosine, c.warmup_start_factor, c.min_lr_factor,
+                                    c.rlp_factor, c.rlp_patience, min_lr=c.min_lr * 0.1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ files and state
+    def save_model(self, path) -> None:
+        """Write the current weights as a jmp-ase model file with provenance and metrics."""
+        model = copy.deepcopy(self.model).cpu().eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.model_config.provenance = {
+            **self.provenance, "best_epoch": self.best["epoch"],
+            "metrics": {k: float(v) for k, v in self.best.items() if k != "epoch"},
+            "jmp_ase_version": __version__, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        save_model(model, path)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["finetune_best"] = self.best
+        checkpoint["finetune_state"] = {
+            "train_sums": self._train.state(), "val_metrics": dict(self._val_metrics),
+            "elapsed_s": time.perf_counter() - self._fit_start,
+            # rows of the logs written up to this checkpoint; a resumed run drops the others
+            "rows": {name: count_rows(self.out / name) for name in ("metrics.csv", "steps.csv")},
+        }
+        checkpoint["rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint):
+        self.best = checkpoint.get("finetune_best", self.best)
+        state = checkpoint.get("finetune_state") or {}
+        self._train = ErrorSums.from_state(state.get("train_sums"))
+        self._val_metrics = dict(state.get("val_metrics") or {})
+        self._elapsed_before = float(state.get("elapsed_s", 0.0))
+        if "rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["rng_state"])
+
+
+class StepRows(L.pytorch.Callback):
+    """steps.csv rows, written before the step's checkpoint (checkpoint callbacks run last)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        pl_module.write_step(batch_idx)
