@@ -56,6 +56,19 @@ RESERVED_NAMES = ("energy", "free_energy", "energies", "forces", "stress", "stre
 UNITS = {"length": "Å", "energy": ENERGY.unit, "forces": FORCES.unit, "stress": "eV/Å^3"}
 
 
+def register(key: Key) -> Key:
+    """Add ``key`` (e.g. a per-atom output of a new head kind, such as a force variance) so
+    that batches and calculator results split it correctly. Re-registering the same key is a
+    no-op; another key under a registered name is an error."""
+    if key.per not in ("atom", "structure"):
+        raise ValueError(f"key {key.name!r}: per must be 'atom' or 'structure', got {key.per!r}")
+    known = REGISTRY.get(key.name)
+    if known is not None and known != key:
+        raise ValueError(f"key {key.name!r} is already registered as {known}")
+    REGISTRY[key.name] = key
+    return key
+
+
 def describe(name: str, unit: str = "") -> Key:
     """The registered key ``name``, or a graph-level scalar (per structure, shape (B,)) in
     ``unit`` for names of user-defined heads."""

@@ -76,8 +76,8 @@ def test_ddp_finetuning_two_processes(tmp_path, reference_dir):
     model = load_model(out / "model.ckpt")
     assert model.model_config.provenance["best_epoch"] == int(best["epoch"])
     cfg = model.model_config
-    val = DatasetSpec(str(tmp_path / "val.extxyz"), ["energy", "forces"], cfg.cutoff, cfg.max_neighbors,
-                      tags=cfg.tags).build(cfg.backbone.qint_tags)
+    val = DatasetSpec.for_model(str(tmp_path / "val.extxyz"), ["energy", "forces"],
+                                model.graph_settings).build(cfg.backbone.qint_tags)
     metrics = predict_dataset(model, val, 16, targets=["energy", "forces"]).metrics({}, {})
     for key in ("energy_mae", "forces_mae", "forces_rmse"):
         assert metrics[key] == pytest.approx(float(best[f"val_{key}"]), rel=1e-4), key

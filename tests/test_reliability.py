@@ -215,10 +215,10 @@ def test_neighbor_order_defaults_keep_jmp_behaviour():
     assert GraphSettings().neighbor_order == "jmp"
     with pytest.raises(ValueError, match="neighbor_order"):
         GraphSettings(neighbor_order="sorted")
-    assert load_model("jmp-mini-aspirin").graph_settings.neighbor_order == "jmp"  # older files
+    assert load_model("jmp-mini-aspirin").graph_settings.neighbor_order == "canonical"  # moved by regraph.py
     assert JMPCalculator.from_jmp_checkpoint("jmp-mini", head="molecules-gfn2").graph_settings.neighbor_order == "jmp"
-    calc = JMPCalculator("jmp-mini-aspirin", neighbor_order="canonical")
-    assert calc.graph_settings.neighbor_order == "canonical" and calc.graph_settings.max_neighbors == 16
+    calc = JMPCalculator("jmp-mini-aspirin", neighbor_order="jmp")
+    assert calc.graph_settings.neighbor_order == "jmp" and calc.graph_settings.max_neighbors == 16
 
 
 # --------------------------------------------------------------------------------------

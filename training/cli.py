@@ -159,7 +159,7 @@ def evaluate(model, data, out, targets, batch_size, device):
         if not names:
             raise ValueError(f"{data} has no labels for what the model predicts ({list(net.heads)})")
         cfg = net.model_config
-        spec = DatasetSpec(data, names, cfg.cutoff, cfg.max_neighbors, tags=cfg.tags)
+        spec = DatasetSpec.for_model(data, names, net.graph_settings)
         dataset = spec.build(cfg.backbone.qint_tags, cfg.backbone.num_elements)
         errors = predict_dataset(net, dataset, batch_size, device, names)
     except ANTICIPATED as err:

@@ -32,9 +32,9 @@ from ase import Atoms
 
 from jmp_ase.data.batch import AtomsBatch, assemble_batch, atoms_arrays
 from jmp_ase.data.graphs import GraphSettings, StructureGraphs, structure_graphs, validate_structure
+from jmp_ase.keys import FORCES, STRESS, is_per_atom
 
-VECTOR_TARGETS = ("forces",)
-MATRIX_TARGETS = ("stress",)
+MATRIX_TARGETS = (STRESS.name,)  # per structure, 3x3 (Voigt 6-vectors accepted)
 _EXTXYZ = (".extxyz", ".xyz")
 _DB = (".db", ".json")
 
@@ -285,7 +285,7 @@ def extract_labels(atoms: Atoms, targets: Sequence[str], source=("<memory>", 0))
             value = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
             raise ValueError(f"{where}: label {name!r} is not numeric: {value!r}") from None
-        if name in VECTOR_TARGETS:
+        if name == FORCES.name:
             expected = (n, 3)
         elif name in MATRIX_TARGETS:
             if value.shape == (6,):  # Voigt xx yy zz yz xz xy
@@ -434,7 +434,8 @@ class DatasetSpec:
 
     paths: one file or several (concatenated); format: ``extxyz``/``db``/``lmdb`` or None
     (from the name); targets: label names (``energy``, ``forces``, ``stress`` or graph-level
-    keys such as ``homo_lumo_gap``); cutoff (Å) / max_neighbors / tags: graph settings;
+    keys such as ``homo_lumo_gap``); cutoff (Å) / max_neighbors / tags / neighbor_order:
+    graph settings (use :meth:`for_model` to take them from a model's GraphSettings);
     streaming: read extxyz lazily and do not cache samples (LMDB is always lazy).
     """
 
@@ -446,6 +447,13 @@ class DatasetSpec:
     format: str | None = None
     streaming: bool = False
     tags: str = "ignore"
+    neighbor_order: str = "canonical"
+
+    @classmethod
+    def for_model(cls, paths, targets, settings: GraphSettings, **kwargs) -> "DatasetSpec":
+        """A spec whose graphs are the model's (``settings``: its GraphSettings)."""
+        return cls(paths, targets, settings.cutoff, settings.max_neighbors, tags=settings.tags,
+                   neighbor_order=settings.neighbor_order, **kwargs)
 
     def __post_init__(self):
         if isinstance(self.paths, (str, os.PathLike)):
@@ -457,7 +465,7 @@ class DatasetSpec:
 
     def graph_settings(self, qint_tags=(1, 2)) -> GraphSettings:
         return GraphSettings(cutoff=self.cutoff, max_neighbors=self.max_neighbors, qint_tags=tuple(qint_tags),
-                             tags=self.tags)
+                             tags=self.tags, neighbor_order=self.neighbor_order)
 
     def build(self, qint_tags=(1, 2), num_elements: int = 120) -> StructureDataset:
         """The :class:`StructureDataset` of this spec."""
@@ -480,7 +488,7 @@ def collate(samples: Sequence[GraphSample], dtype: torch.dtype = torch.float32) 
     targets = {}
     for name in samples[0].labels:
         values = [np.asarray(s.labels[name]) for s in samples]
-        stacked = np.concatenate(values) if name in VECTOR_TARGETS else np.stack(values)
+        stacked = np.concatenate(values) if is_per_atom(name) else np.stack(values)
         targets[name] = torch.from_numpy(stacked).to(dtype)
     return batch, targets
 

@@ -34,6 +34,7 @@ import torch
 from jmp_ase.data.graphs import GraphSettings
 from jmp_ase.io.model_file import load_model
 from jmp_ase.nn.heads import HeadSpec
+from jmp_ase.keys import ENERGY_AND_DERIVATIVES
 from jmp_ase.nn.model import FineTunedModel, ModelConfig
 
 from jmp_ase.training.checkpoints import AtomicCheckpointIO, EpochStepCheckpoint, keep_rows
@@ -49,7 +50,9 @@ from jmp_ase.training.scaling import fit_scale_factors
 __all__ = ["FinetuneConfig", "ErrorSums", "FinetuneModule", "build_model", "load_parent", "make_datasets",
            "predict_dataset", "run_finetune"]
 
-FORCE_LIKE = ("energy", "forces", "stress")
+# Neighbour order of every model fine-tuned here (order independent, whole tied shells); the
+# parent's pre-training order does not carry over: its weights adapt in fine-tuning.
+NEW_MODEL_NEIGHBOR_ORDER = "canonical"
 
 
 def say(text: str) -> None:
@@ -66,7 +69,7 @@ def build_heads(config: FinetuneConfig, stats: dict, references: dict) -> list[H
 
     heads = []
     targets = config.targets
-    if any(t in FORCE_LIKE for t in targets):
+    if any(t in ENERGY_AND_DERIVATIVES for t in targets):
         scale = positive(stats.get("force_rms")) if "forces" in targets else positive(stats.get("energy_std"))
         heads.append(HeadSpec("energy", "energy", "sum", scale=scale, shift=stats.get("energy_mean_per_atom", 0.0),
                               element_references=references, units="eV"))
@@ -74,7 +77,7 @@ def build_heads(config: FinetuneConfig, stats: dict, references: dict) -> list[H
             heads.append(HeadSpec("forces", "direct_forces", "sum", scale=positive(stats.get("force_rms")),
                                   units="eV/Å"))
     for name in targets:
-        if name in FORCE_LIKE:
+        if name in ENERGY_AND_DERIVATIVES:
             continue
         reduction = config.reductions.get(name, "mean")
         shift = stats[f"{name}_mean_per_atom"] if reduction == "sum" else stats[f"{name}_mean"]
@@ -106,7 +109,8 @@ def _graph(config: FinetuneConfig, parent: Parent | None):
     parent = parent or parent_of(config)
     backbone, values, sources = graph_settings(config, parent)
     return backbone, GraphSettings(cutoff=values["cutoff"], max_neighbors=values["max_neighbors"],
-                                   qint_tags=tuple(backbone.qint_tags), tags=values["tags"]), sources
+                                   qint_tags=tuple(backbone.qint_tags), tags=values["tags"],
+                                   neighbor_order=NEW_MODEL_NEIGHBOR_ORDER), sources
 
 
 def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None) -> tuple[FineTunedModel, dict]:
@@ -122,7 +126,8 @@ def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None)
     stats = dataset_statistics(labels, references)
     backbone = dataclasses.replace(backbone, smooth_dihedral=smooth_dihedral_setting(config))
     model_config = ModelConfig(backbone, build_heads(config, stats, references), cutoff=settings.cutoff,
-                               max_neighbors=settings.max_neighbors, tags=settings.tags, elements=elements,
+                               max_neighbors=settings.max_neighbors, tags=settings.tags,
+                               neighbor_order=settings.neighbor_order, elements=elements,
                                provenance=dict(parent.provenance))
     model = FineTunedModel(model_config)
     if parent.state is not None:
@@ -155,11 +160,12 @@ def make_datasets(config: FinetuneConfig, settings: GraphSettings | None = None)
     (default: the config's, else the defaults); val split off train when not given."""
     if settings is None:
         settings = GraphSettings(cutoff=config.cutoff or 12.0, max_neighbors=config.max_neighbors or 30,
-                                 qint_tags=tuple(config.qint_tags or (1, 2)), tags=config.tags or "ignore")
+                                 qint_tags=tuple(config.qint_tags or (1, 2)), tags=config.tags or "ignore",
+                                 neighbor_order=NEW_MODEL_NEIGHBOR_ORDER)
 
     def build(paths, name):
-        spec = DatasetSpec(paths, config.targets, settings.cutoff, settings.max_neighbors, name, config.format,
-                           config.streaming, tags=settings.tags)
+        spec = DatasetSpec.for_model(paths, config.targets, settings, name=name, format=config.format,
+                                     streaming=config.streaming)
         return spec.build(settings.qint_tags)
 
     out = {"train": build(config.train, "train")}
@@ -200,14 +206,6 @@ def predict_dataset(model: FineTunedModel, dataset, batch_size: int = 16, device
             errors.predictions[t][0].append(preds[t].detach().cpu().numpy())
             errors.predictions[t][1].append(labels[t].cpu().numpy())
     return errors
-
-
-def fit_scratch_scales(model: FineTunedModel, train_set, config: FinetuneConfig) -> None:
-    """Fit the ScaleFactors of a randomly initialised backbone on the first training batches,
-    as pre-training does before it starts (GemNet-OC trains poorly with all factors at 1)."""
-    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=False, collate_fn=collate)
-    batches = [atoms_batch for (atoms_batch, _), _ in zip(loader, range(config.scale_fit_batches))]
-    fit_scale_factors(model, batches, lambda m, b: m(b, compute_forces=False))
 
 
 def fit_scratch_scales(model: FineTunedModel, train_set, config: FinetuneConfig) -> None:

@@ -13,11 +13,11 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.data import chemical_symbols
 from torch import nn
 
+from jmp_ase import keys
 from jmp_ase.data.batch import atoms_arrays, batch_from_atoms
 from jmp_ase.data.graphs import GraphSettings, validate_structure
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-PER_ATOM = ("forces", "energies")
 # eV/Å: forces above this on a structure without close contacts are reported (once).
 FORCE_WARNING = 50.0
 # Two atoms closer than this fraction of the sum of their covalent radii are a close contact.
@@ -381,15 +381,17 @@ class JMPCalculator(Calculator):
         """Results of structure ``b`` of a batch, in ASE's shapes."""
         res = {}
         for key, value in out.items():
-            if key in PER_ATOM:
+            if keys.is_per_atom(key):
                 res[key] = value[atoms_slice].copy()
-            elif key == "stress":
+            elif key == keys.STRESS.name:
                 if periodic:
-                    res["stress"] = _full_3x3_to_voigt(value[b])
-            else:
+                    res[key] = _full_3x3_to_voigt(value[b])
+            elif value.ndim == 1:
                 res[key] = float(value[b])
-        if "energy" in res:
-            res["free_energy"] = res["energy"]
+            else:  # a per-structure vector or matrix
+                res[key] = value[b].copy()
+        if keys.ENERGY.name in res:
+            res[keys.FREE_ENERGY.name] = res[keys.ENERGY.name]
         return res
 
 

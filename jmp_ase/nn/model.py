@@ -206,7 +206,9 @@ class FineTunedModel(JMPBackboneModel):
             props += ["energy", "free_energy", "energies", "forces"]
             if self.conservative:
                 props.append("stress")
-        return props + self.scalar_heads
+        for head in self.heads.values():  # what every head produces, new kinds included
+            props += [name for name in head.outputs() if name not in props]
+        return props
 
     def forward(self, batch: AtomsBatch, compute_stress: bool = False, compute_forces: bool = True) -> dict:
         """Predictions for a batch: energy (B,), energies (N,), forces (N, 3), stress (B, 3, 3)

@@ -1,0 +1,96 @@
+"""Does the smooth quadruplet basis cost accuracy? Fine-tune jmp-mini on one mini-JMP task with
+JMP's exact dihedral and with the smooth basis, over several seeds, and compare test errors.
+
+    python benchmarks/mini_jmp/dihedral_seeds.py --data ../shared/data/mini-jmp --seeds 1 2 --lanes 2
+
+Each run is tasks.yaml's recipe for the task (at its first learning rate unless --lr), from the
+shipped ``jmp-mini``, in its own process with one thread; only ``smooth_dihedral`` and ``seed``
+differ. Prints one line per run and the mean per basis, and writes ``dihedral_seeds.json`` to
+--out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import finetune_config, load_yaml  # noqa: E402
+
+
+def run_one(cfg: dict, folder: Path, test_file: str) -> dict:
+    """Fine-tune (unless ``folder`` already holds the model) and evaluate on ``test_file``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    wall = None
+    if not (folder / "model.ckpt").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        config = folder.parent / f"{folder.name}.yaml"
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        start = time.perf_counter()
+        with open(folder.parent / f"{folder.name}.log", "w") as log:
+            done = subprocess.run([sys.executable, "-m", "jmp_ase.training.cli", "finetune", str(config)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+        wall = round(time.perf_counter() - start, 1)
+        if done.returncode != 0:
+            return {"error": f"exit {done.returncode}, see {folder.parent / f'{folder.name}.log'}"}
+    out = folder / "eval"
+    subprocess.run([sys.executable, "-m", "jmp_ase.training.cli", "evaluate", str(folder / "model.ckpt"),
+                    test_file, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                   env=env, check=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"energy_mae": metrics["energy_mae"], "forces_mae": metrics["forces_mae"], "wall_s": wall}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="the mini-JMP corpus")
+    p.add_argument("--task", default="aspirin-1000", help="a task of tasks.yaml")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--lr", type=float, default=None, help="default: the task's first learning rate")
+    p.add_argument("--lanes", type=int, default=2, help="runs at a time")
+    p.add_argument("--out", type=Path, default=Path("runs/dihedral-seeds"))
+    args = p.parse_args(argv)
+    spec = load_yaml(HERE / "tasks.yaml")
+    task = spec["tasks"][args.task]
+    lr = args.lr or task.get("lr", spec["learning_rates"][-1])
+    test_file = str(args.data.resolve() / task["test"])
+    jobs = []
+    for seed in args.seeds:
+        for smooth in (False, True):
+            folder = args.out / f"{'smooth' if smooth else 'jmp'}-seed{seed}"
+            cfg = finetune_config(task, spec["common"], args.data.resolve(), folder, lr, False, "jmp-mini")
+            cfg.update(pretrained="jmp-mini", ema=False, smooth_dihedral=smooth, seed=seed)
+            jobs.append((smooth, seed, cfg, folder))
+
+    def go(job):
+        smooth, seed, cfg, folder = job
+        result = run_one(cfg, folder, test_file)
+        print(f"{'smooth' if smooth else 'jmp   '} seed {seed}: {result}", flush=True)
+        return smooth, seed, result
+
+    with ThreadPoolExecutor(args.lanes) as pool:
+        results = list(pool.map(go, jobs))
+    summary = {}
+    for smooth in (False, True):
+        rows = [r for s, _, r in results if s == smooth and "error" not in r]
+        name = "smooth" if smooth else "jmp"
+        summary[name] = {k: statistics.mean(r[k] for r in rows) for k in ("energy_mae", "forces_mae") if rows}
+        print(f"{name}: mean over {len(rows)} seeds: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[name].items()))
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "task": args.task, "lr": lr,
+              "runs": [{"smooth": s, "seed": seed, **r} for s, seed, r in results], "mean": summary}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "dihedral_seeds.json").write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
