@@ -164,3 +164,22 @@ def test_info_refuses_weights_that_do_not_fit(run_dir, tmp_path):
     assert "Traceback" not in result.output
     good = CliRunner().invoke(main, ["info", str(root / "run" / "model.ckpt")])
     assert good.exit_code == 0 and '"best_epoch"' in good.output
+
+
+def test_evaluate_refuses_elements_the_model_never_saw(tmp_path):
+    """jmp-mini-aspirin knows H, C, O: a labelled Cu cell is refused, as the calculator refuses it."""
+    from ase.build import bulk, molecule
+    from ase.calculators.emt import EMT
+
+    frames = []
+    for atoms in (molecule("CH4"), bulk("Cu", cubic=True)):
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        frames.append(atoms)
+    ase.io.write(tmp_path / "mixed.extxyz", frames)
+    args = ["evaluate", "jmp-mini-aspirin", str(tmp_path / "mixed.extxyz"), "--out", str(tmp_path / "eval")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Cu in structures [1]" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "eval").exists()
+    result = CliRunner().invoke(main, args + ["--allow-unknown-elements"])
+    assert result.exit_code == 0, result.output

@@ -135,6 +135,23 @@ def parity_plot(path, errors, targets, units) -> None:
     plt.close(fig)
 
 
+def refuse_unknown_elements(dataset, known: list[int] | None, data) -> None:
+    """ValueError naming the elements the model never saw and the first structures holding them."""
+    if not known:
+        return
+    from ase.data import chemical_symbols
+
+    where: dict[int, list[int]] = {}
+    for i in range(len(dataset)):
+        for z in sorted(set(int(z) for z in dataset.labels(i)[0]) - set(known)):
+            where.setdefault(z, []).append(i)
+    if where:
+        listed = "; ".join(f"{chemical_symbols[z]} in structures {idx[:5]}{' ...' if len(idx) > 5 else ''}"
+                           for z, idx in where.items())
+        raise ValueError(f"{data}: elements the model was not trained on: {listed}. It knows only "
+                         f"{' '.join(chemical_symbols[z] for z in known)}; --allow-unknown-elements evaluates anyway")
+
+
 @main.command()
 @click.argument("model")
 @click.argument("data", type=click.Path(exists=True))
@@ -143,7 +160,10 @@ def parity_plot(path, errors, targets, units) -> None:
 @click.option("--targets", help="Comma-separated targets (default: all the model predicts and the data has).")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-def evaluate(model, data, out, targets, batch_size, device):
+@click.option("--allow-unknown-elements", is_flag=True,
+              help="Evaluate structures with elements absent from the model's training data (refused by default, "
+                   "as the calculator refuses them).")
+def evaluate(model, data, out, targets, batch_size, device, allow_unknown_elements):
     """Errors of MODEL (a model file or shipped name) on DATA; writes metrics.json, a CSV and a parity plot."""
     from jmp_ase.io.model_file import load_model
 
@@ -161,6 +181,8 @@ def evaluate(model, data, out, targets, batch_size, device):
         cfg = net.model_config
         spec = DatasetSpec.for_model(data, names, net.graph_settings)
         dataset = spec.build(cfg.backbone.qint_tags, cfg.backbone.num_elements)
+        if not allow_unknown_elements:
+            refuse_unknown_elements(dataset, net.elements, data)
         errors = predict_dataset(net, dataset, batch_size, device, names)
     except ANTICIPATED as err:
         raise click.ClickException(str(err)) from None

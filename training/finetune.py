@@ -46,6 +46,7 @@ from jmp_ase.training.losses import compute_losses
 from jmp_ase.training.parent import Parent, graph_settings, load_parent, parent_of, unseen_elements
 from jmp_ase.training.preflight import is_worker_process, preflight_finetune
 from jmp_ase.training.scaling import fit_scale_factors
+from jmp_ase.training.console import quiet_third_party
 
 __all__ = ["FinetuneConfig", "ErrorSums", "FinetuneModule", "build_model", "load_parent", "make_datasets",
            "predict_dataset", "run_finetune"]
@@ -275,6 +276,7 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
         StepRows(),
         EpochStepCheckpoint(last, config.checkpoint_every, config.checkpoint_minutes),
     ]
+    quiet_third_party()
     trainer = L.Trainer(max_epochs=config.max_epochs, accelerator=config.accelerator, devices=config.devices,
                         num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
                         callbacks=callbacks, logger=False, inference_mode=False, use_distributed_sampler=False,

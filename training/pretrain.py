@@ -42,6 +42,7 @@ from jmp_ase.training.ema import EMA
 from jmp_ase.training.losses import per_task_means, structurewise_loss
 from jmp_ase.training.scaling import fit_scale_factors
 from jmp_ase.training.schedules import warmup_cosine_factor
+from jmp_ase.training.console import quiet_third_party
 
 DEFAULTS = {
     "out_dir": "runs/pretrain", "seed": 0, "resume": False,
@@ -327,6 +328,7 @@ def run_pretrain(config: dict, resume: bool | None = None) -> Path:
                           lambda m, b: m(b[0], b[1]["task"]))
     ema = EMA(cfg["ema"]["decay"], cfg["ema"]["every_n_steps"]) if cfg["ema"] else None
     has_val = data.has_val
+    quiet_third_party()
     trainer = pl.Trainer(
         accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"], strategy=t["strategy"],
         precision=t["precision"], max_steps=t["max_steps"] or -1, max_epochs=t["max_epochs"] or -1,
