@@ -33,7 +33,6 @@ from lightning.pytorch.loggers import CSVLogger
 
 from jmp_ase.io.model_file import atomic_torch_save
 from jmp_ase.nn.config import BackboneConfig, named_config
-from jmp_ase.nn.heads import direct_forces, sum_per_structure
 from jmp_ase.io.jmp_checkpoint import PRETRAIN_FORMAT
 from jmp_ase.nn.model import JMPPretrainedModel
 from . import pretrain_data as D
@@ -117,13 +116,7 @@ class PretrainModule(pl.LightningModule):
         """Energy (B,) and forces (N, 3) of every structure's own head (normalised units)."""
         out = self.backbone(self.embedding(batch.numbers), batch.positions, batch.cell, batch.atom_batch,
                             batch.indices)
-        n, b = out.node_embedding.shape[0], batch.num_structures
-        energies = torch.stack([sum_per_structure(mlp(out.node_embedding)[:, 0], batch.atom_batch, b)
-                                for mlp in self.output.out_energy], dim=1)
-        forces = torch.stack([direct_forces(mlp(out.edge_embedding)[:, 0], out.vector, out.edge_index[1], n)
-                              for mlp in self.output.out_forces], dim=1)
-        return energies.gather(1, task[:, None])[:, 0], forces[torch.arange(n, device=forces.device),
-                                                               task[batch.atom_batch]]
+        return self.output.per_structure_task(out, batch.atom_batch, batch.num_structures, task)
 
     def train_dataloader(self):
         loader = self.data.train_loader(self.trainer.world_size, self.trainer.global_rank)

@@ -16,7 +16,7 @@ from torch import nn
 from jmp_ase.data.batch import AtomsBatch
 from jmp_ase.nn.derivatives import StrainedInputs
 from jmp_ase.data.graphs import GraphSettings
-from jmp_ase.nn.heads import direct_forces, sum_per_structure
+from jmp_ase.nn.heads import sum_per_structure
 from jmp_ase.nn.model import JMPPretrainedModel
 
 FORCE_MODES = ("direct", "conservative")
@@ -76,7 +76,7 @@ class PretrainHeadPredictor(nn.Module):
         inputs = StrainedInputs.prepare(batch.positions, batch.cell, batch.atom_batch, conservative, compute_stress)
         out = self.model.embed(batch, inputs.model_positions, inputs.model_cell)
         head = self.model.output
-        per_atom = self.energy_scale * head.out_energy[self.task](out.node_embedding)[:, 0]
+        per_atom = self.energy_scale * head.per_atom_energy(out, self.task)
         per_atom = per_atom + self.element_references.to(per_atom.dtype)[batch.numbers]
         per_atom = per_atom + (self.energy_shift / batch.natoms.to(per_atom.dtype))[batch.atom_batch]
         energy = sum_per_structure(per_atom, batch.atom_batch, batch.num_structures)
@@ -84,7 +84,5 @@ class PretrainHeadPredictor(nn.Module):
         if conservative:
             results.update(inputs.derivatives(energy, batch.cell, True, compute_stress))
         else:
-            scalar = head.out_forces[self.task](out.edge_embedding)[:, 0]
-            forces = direct_forces(scalar, out.vector, out.edge_index[1], per_atom.shape[0])
-            results["forces"] = self.force_scale * forces
+            results["forces"] = self.force_scale * head.forces(out, self.task)
         return results
