@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from ase.io.formats import string2index
 
-from jmp_ase.data.graphs import GRAPH_TYPES, GraphSettings, StructureGraphs, resolve_tags
+from jmp_ase.data.graphs import GraphSettings, resolve_tags, select_subgraphs
 from jmp_ase.training.data import (
     ConcatStructures, GraphSample, StructureDataset, collate, dataset_statistics, fit_element_references,
     open_structures,
@@ -56,27 +56,16 @@ def _structures(paths, index, fmt):
 
 def drop_edges(sample: GraphSample, settings: GraphSettings, p: float, rng: np.random.Generator) -> GraphSample:
     """A copy of ``sample`` whose a2a edges were dropped with probability ``p`` and whose
-    main / a2ee2a / qint graphs were re-selected from the remaining ones."""
+    main / a2ee2a / qint graphs were re-selected from the remaining ones by the same nearest-k
+    rule as graph building (:func:`jmp_ase.data.graphs.select_subgraphs`)."""
     ei = sample.graphs.edge_index["a2a"].numpy()
     keep = rng.random(ei.shape[1]) >= p
     s, t = ei[0][keep], ei[1][keep]
-    off = sample.graphs.cell_offset["a2a"].numpy()[keep]
-    pos, cell = sample.arrays["positions"], sample.arrays["cell"]
-    dist = np.linalg.norm(pos[t] - pos[s] - off @ cell, axis=1)
-    order = np.lexsort((np.arange(t.size), dist, t))  # by target, then distance, then edge order
-    rank = np.empty(t.size, dtype=np.int64)
-    rank[order] = np.arange(t.size) - np.searchsorted(t[order], t[order], side="left")
-    masks = {}
-    for g in GRAPH_TYPES:
-        k = settings.max_neighbors_of(g)
-        masks[g] = rank < k if g != "a2a" and k > 0 else np.ones(t.size, dtype=bool)
-    tags, qint_tags = resolve_tags(sample.arrays["tags"], settings.tags), np.asarray(settings.qint_tags)
-    masks["qint"] &= np.isin(tags[s], qint_tags) | np.isin(tags[t], qint_tags)
-    graphs = StructureGraphs(
-        edge_index={g: torch.from_numpy(np.stack([s[m], t[m]]).astype(np.int64)) for g, m in masks.items()},
-        cell_offset={g: torch.from_numpy(np.ascontiguousarray(off[m], dtype=np.int64).reshape(-1, 3))
-                     for g, m in masks.items()},
-    )
+    off = sample.graphs.cell_offset["a2a"].numpy()[keep].astype(np.int64)
+    arrays = sample.arrays
+    box = arrays["cell"] * np.asarray(arrays["pbc"], dtype=bool)[:, None]
+    tags = resolve_tags(arrays["tags"], settings.tags)
+    graphs = select_subgraphs(np.asarray(arrays["positions"], dtype=np.float64), box, t, s, off, tags, settings)
     return dataclasses.replace(sample, graphs=graphs)
 
 

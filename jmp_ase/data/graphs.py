@@ -385,26 +385,51 @@ def structure_graphs(
     a2a_limit = settings.a2a_max_neighbors
     if a2a_limit > 0 and t.size and np.bincount(t).max() > a2a_limit:
         m = _neighbor_ranks(t, d2, n, a2a_limit) < a2a_limit
-        t, s, off, inverse = t[m], s[m], off[m], inverse[m]
+        t, s, off = t[m], s[m], off[m]
+    del d2, inverse, uniq, pos32, cell32  # the sub-selection recomputes what it needs: keep the peak low
+    return select_subgraphs(pos, np.where(pbc_arr[:, None], cell_arr, 0.0), t, s, off, tag_arr, settings, degree=degree)
 
-    # main / a2ee2a / qint: sub-selections of a2a by distance rank per target.
-    limits = {
-        "main": settings.max_neighbors,
-        "a2ee2a": settings.a2ee2a_max_neighbors,
-        "qint": settings.qint_max_neighbors,
-    }
-    active = [k for k in limits.values() if 0 < k < a2a_limit or (a2a_limit <= 0 < k)]
-    if active and t.size:
-        rank = _neighbor_ranks(t, _jmp_distance(pos32, cell32, t, s, uniq, inverse), n, min(active))
+
+def select_subgraphs(pos, box, t, s, off, tags, settings: GraphSettings, degree=None) -> StructureGraphs:
+    """The four graphs from the a2a edges ``(t, s, off)`` (target, source, source image offset;
+    in enumeration order): main / a2ee2a / qint are the nearest ``max_neighbors_of(graph)`` of
+    each target under ``settings.neighbor_order``, qint also filtered by tags.
+
+    The one nearest-k sub-selection: graph building and pre-training's edge dropout both use it.
+    ``box``: (3, 3) lattice rows, zero along non-periodic directions; ``tags``: already
+    resolved (:func:`resolve_tags`); ``degree``: (N,) neighbours within the cutoff before
+    any limit (default: the a2a degree), for ``truncated``.
+    """
+    n = pos.shape[0]
+    degree = np.bincount(t, minlength=n) if degree is None else degree
+    if settings.neighbor_order == "canonical":
+        d = _edge_distances(pos, box, t, s, off)
+        masks = {"a2a": np.ones(t.shape, dtype=bool)}
+        for graph_type in ("main", "a2ee2a", "qint"):
+            masks[graph_type] = _within_nearest(t, d, n, settings.max_neighbors_of(graph_type))
     else:
-        rank = np.zeros(t.shape, dtype=np.int64)
-    masks = {"a2a": np.ones(t.shape, dtype=bool)}
-    for graph_type, k in limits.items():
-        masks[graph_type] = rank < k if k > 0 else np.ones(t.shape, dtype=bool)
+        limits = {g: settings.max_neighbors_of(g) for g in ("main", "a2ee2a", "qint")}
+        a2a_limit = settings.a2a_max_neighbors
+        active = [k for k in limits.values() if 0 < k < a2a_limit or (a2a_limit <= 0 < k)]
+        if active and t.size:
+            uniq, inverse = _offset_table(off)
+            pos32, box32 = torch.from_numpy(pos).float(), torch.from_numpy(np.asarray(box, dtype=np.float64)).float()
+            rank = _neighbor_ranks(t, _jmp_distance(pos32, box32, t, s, uniq, inverse), n, min(active))
+        else:
+            rank = np.zeros(t.shape, dtype=np.int64)
+        masks = {"a2a": np.ones(t.shape, dtype=bool)}
+        for graph_type, k in limits.items():
+            masks[graph_type] = rank < k if k > 0 else np.ones(t.shape, dtype=bool)
     qint_tags = np.asarray(settings.qint_tags, dtype=np.int64)
-    masks["qint"] &= np.isin(tag_arr[s], qint_tags) | np.isin(tag_arr[t], qint_tags)
-    truncated = np.flatnonzero(degree > np.bincount(t[masks["main"]], minlength=n))
+    masks["qint"] &= np.isin(tags[s], qint_tags) | np.isin(tags[t], qint_tags)
     edges = {g: (s[masks[g]], t[masks[g]], off[masks[g]]) for g in GRAPH_TYPES}
+    ms, mt, moff = edges["main"]
+    truncated = np.flatnonzero(degree > np.bincount(mt, minlength=n))
+    if settings.neighbor_order == "canonical":
+        # Union with the reverses, deduplicated and in enumeration order (target, source, offset).
+        both = np.concatenate([np.column_stack([mt, ms, moff]), np.column_stack([ms, mt, -moff])])
+        both = np.unique(both.reshape(-1, 5), axis=0)
+        edges["main"] = (both[:, 1], both[:, 0], both[:, 2:])
     return _as_structure_graphs(edges, truncated)
 
 
@@ -465,23 +490,8 @@ def _canonical_graphs(pos, box, t, s, off, tag_arr, settings: GraphSettings) -> 
     order = _enumeration_order(t, s, off)
     t, s, off, d = t[order], s[order], off[order], d[order]
     degree = np.bincount(t, minlength=n)
-
     m = _within_nearest(t, d, n, settings.a2a_max_neighbors)
-    t, s, off, d = t[m], s[m], off[m], d[m]
-    masks = {"a2a": np.ones(t.shape, dtype=bool)}
-    for graph_type in ("main", "a2ee2a", "qint"):
-        masks[graph_type] = _within_nearest(t, d, n, settings.max_neighbors_of(graph_type))
-    qint_tags = np.asarray(settings.qint_tags, dtype=np.int64)
-    masks["qint"] &= np.isin(tag_arr[s], qint_tags) | np.isin(tag_arr[t], qint_tags)
-
-    edges = {g: (s[masks[g]], t[masks[g]], off[masks[g]]) for g in GRAPH_TYPES}
-    ms, mt, moff = edges["main"]
-    truncated = np.flatnonzero(degree > np.bincount(mt, minlength=n))
-    # Union with the reverses, deduplicated and in enumeration order (target, source, offset).
-    both = np.concatenate([np.column_stack([mt, ms, moff]), np.column_stack([ms, mt, -moff])])
-    both = np.unique(both.reshape(-1, 5), axis=0)
-    edges["main"] = (both[:, 1], both[:, 0], both[:, 2:])
-    return _as_structure_graphs(edges, truncated)
+    return select_subgraphs(pos, box, t[m], s[m], off[m], tag_arr, settings, degree=degree)
 
 
 def structure_graphs_checked(
