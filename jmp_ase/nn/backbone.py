@@ -9,9 +9,21 @@ from torch import nn
 from jmp_ase.nn.bases import Bases
 from jmp_ase.nn.config import BackboneConfig
 from jmp_ase.nn.interactions import InteractionBlock, OutputBlock
-from jmp_ase.nn.layers import Dense, ResidualLayer
+from jmp_ase.nn.layers import Dense, ResidualLayer, ScaleFactor, recompute
 
 GRAPH_TYPES = ("main", "a2a", "a2ee2a", "qint")
+MEMORY_MODES = ("auto", "fast", "lean")
+# Lean mode: padded triplet / quadruplet / neighbour slots evaluated at once (rows x padded width).
+DEFAULT_CHUNK_SIZE = 1 << 17
+# memory="auto" turns lean above this many padded quadruplet slots (main edges x padded width):
+# about 2.5 GB of a JMP-S conservative pass (Cu fcc at 12 Å / 30 neighbours: 108 atoms have 0.77 M).
+AUTO_LEAN_SLOTS = 1_000_000
+
+
+def check_memory_mode(memory: str) -> str:
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+    return memory
 
 
 def edge_geometry(positions, cell, atom_batch, edge_index, cell_offset):
@@ -72,6 +84,37 @@ class GemNetOCBackbone(nn.Module):
         )
         self.out_mlp_E = FinalMLP(c.emb_size_atom, c.num_blocks, c.num_global_out_layers, c.activation)
         self.out_mlp_F = FinalMLP(c.emb_size_edge, c.num_blocks, c.num_global_out_layers, c.activation, c.dropout)
+        # Runtime settings (plain attributes: never part of the state dict or of a model file).
+        self.memory = "auto"
+        self.chunk_size: int | None = None  # lean mode's padded slots per chunk; None: DEFAULT_CHUNK_SIZE
+
+    @property
+    def memory(self) -> str:
+        """``"fast"``: every interaction evaluated at once for the whole system (fastest, memory
+        grows with the number of quadruplets, ~50 MB per atom for JMP-S conservative forces on
+        dense 12 Å graphs); ``"lean"``: triplet, quadruplet and atom-pair interactions in chunks of
+        ``chunk_size`` padded slots, and while autograd records, every interaction and output block
+        and every chunk is recomputed in backward instead of kept (activation checkpointing), so
+        memory stays a small multiple of the per-edge tensors; ``"auto"`` (default): lean for
+        systems above :data:`AUTO_LEAN_SLOTS` padded quadruplet slots, fast below (small molecules
+        pay nothing). Same numbers in every mode (to float round-off)."""
+        return self._memory
+
+    @memory.setter
+    def memory(self, value: str):
+        self._memory = check_memory_mode(value)
+
+    def lean_chunk_size(self, idx: dict) -> int | None:
+        """The chunk size this forward pass uses (None: fast path), from host-side sizes only."""
+        mode = self._memory
+        if mode == "auto":
+            slots = idx["main_edge_index"].shape[1] * idx["padded_width"]["quad"]
+            mode = "lean" if slots > AUTO_LEAN_SLOTS else "fast"
+        if mode == "fast":
+            return None
+        if any(isinstance(mod, ScaleFactor) and mod.observer is not None for mod in self.modules()):
+            return None  # fitting scale factors observes whole tensors
+        return max(1, int(DEFAULT_CHUNK_SIZE if self.chunk_size is None else self.chunk_size))
 
     def geometry(self, positions, cell, atom_batch, idx) -> dict:
         """Distances and unit vectors of the four graphs (see :func:`edge_geometry`)."""
@@ -81,9 +124,11 @@ class GemNetOCBackbone(nn.Module):
             out[g] = {"distance": dist, "vector": vec}
         return out
 
-    def forward(self, h, positions, cell, atom_batch, idx: dict) -> BackboneOutput:
+    def forward(self, h, positions, cell, atom_batch, idx: dict, edge_embedding: bool = True) -> BackboneOutput:
         """h (N, emb_size_atom) atom embeddings; idx from :func:`jmp_ase.data.indices.interaction_indices`
         plus ``idx["padded_width"]`` (:func:`jmp_ase.data.batch.padded_widths`), as ``AtomsBatch.indices`` has.
+        ``edge_embedding=False`` skips the edge (direct-force) branch: ``edge_embedding`` of the
+        output is then None (an energy-only model does not need it).
 
         The forward pass never reads a tensor's value back to the host: the padded widths
         of the ragged dimensions come in as plain ints.
@@ -92,20 +137,33 @@ class GemNetOCBackbone(nn.Module):
             raise KeyError("idx lacks 'padded_width': build batches with jmp_ase.data.batch.batch_from_atoms or "
                            "assemble_batch, or set idx['padded_width'] = jmp_ase.data.batch.padded_widths(idx)")
         num_atoms = h.shape[0]
+        chunk_size = self.lean_chunk_size(idx)
         geom = self.geometry(positions, cell, atom_batch, idx)
-        bases = self.bases(h, geom, idx, num_atoms)
+        bases = self.bases(h, geom, idx, num_atoms, chunk_size=chunk_size)
         m = bases["m"]
         target = idx["main_edge_index"][1]
-        x_e, x_f = self.out_blocks[0](h, m, bases["output"], target)
+
+        def output(out_block, h, m, bases):
+            return out_block(h, m, bases["output"], target, with_forces=edge_embedding)
+
+        def interaction(block, out_block, h, m, bases):
+            h, m = block(h, m, bases, idx, chunk_size=chunk_size)
+            return (h, m) + output(out_block, h, m, bases)
+
+        lean = chunk_size is not None
+        x_e, x_f = recompute(output, self.out_blocks[0], h, m, bases) if lean else output(self.out_blocks[0], h, m,
+                                                                                         bases)
         xs_e, xs_f = [x_e], [x_f]
         for block, out_block in zip(self.int_blocks, self.out_blocks[1:]):
-            h, m = block(h, m, bases, idx)
-            x_e, x_f = out_block(h, m, bases["output"], target)
+            if lean:
+                h, m, x_e, x_f = recompute(interaction, block, out_block, h, m, bases)
+            else:
+                h, m, x_e, x_f = interaction(block, out_block, h, m, bases)
             xs_e.append(x_e)
             xs_f.append(x_f)
         return BackboneOutput(
             node_embedding=self.out_mlp_E(torch.cat(xs_e, dim=-1)),
-            edge_embedding=self.out_mlp_F(torch.cat(xs_f, dim=-1)),
+            edge_embedding=self.out_mlp_F(torch.cat(xs_f, dim=-1)) if edge_embedding else None,
             edge_index=idx["main_edge_index"],
             vector=geom["main"]["vector"],
             distance=geom["main"]["distance"],

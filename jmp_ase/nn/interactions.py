@@ -12,7 +12,13 @@ from jmp_ase.nn.layers import (
     EfficientInteractionBilinear,
     ResidualLayer,
     ScaleFactor,
+    chunk_bounds,
+    recompute,
+    rows_per_chunk,
+    padded_slots,
     scatter_sum,
+    with_sentinel,
+    with_zero_row,
 )
 
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -42,14 +48,21 @@ class TripletInteraction(nn.Module):
             self.up_projection_ac = Dense(emb_size_trip_out, emb_size_out, activation=activation, dropout=dropout)
 
     def forward(self, m, bases, idx, id_swap, expand_idx=None, idx_agg2=None, idx_agg2_inner=None, agg2_out_size=None,
-                agg2_width=None):
+                agg2_width=None, chunk_size: int | None = None):
+        """``chunk_size``: evaluate the per-triplet part that many padded triplet slots at a time
+        (see :meth:`EfficientInteractionBilinear.forward_chunked`); None: all at once."""
         x_ba = self.dense_ba(m)
         if expand_idx is not None:
             x_ba = x_ba[expand_idx]
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases["rad"]), ref=x_ba)
-        x_ba = self.down_projection(x_ba)[idx["in"]]
-        x = self.mlp_cbf(bases["cir"], x_ba, idx["out"], idx["out_agg"], idx_agg2, idx_agg2_inner, agg2_out_size,
-                         agg2_width)
+        if chunk_size is None:
+            x_ba = self.down_projection(x_ba)[idx["in"]]
+            x = self.mlp_cbf(bases["cir"], x_ba, idx["out"], idx["out_agg"], idx_agg2, idx_agg2_inner, agg2_out_size,
+                             agg2_width)
+        else:
+            x_ba = self.down_projection(x_ba)
+            x = self.mlp_cbf.forward_chunked(bases["cir"], x_ba, idx["in"], idx["out"], idx["out_agg"], chunk_size,
+                                             idx_agg2, idx_agg2_inner, agg2_out_size, agg2_width)
         x = self.scale_cbf_sum(x, ref=x_ba)
         if self.symmetric_mp:
             return _symmetric_output(self, x, id_swap)
@@ -76,14 +89,31 @@ class QuadrupletInteraction(nn.Module):
         self.up_projection_ac = Dense(emb_size_quad_out, emb_size_edge, activation=activation, dropout=dropout)
 
     def forward(self, m, bases, quad, id_swap):
+        """``bases["sph"]`` is the padded pair (radial weights, spherical basis), or, in lean mode,
+        a :class:`jmp_ase.nn.bases.QuadrupletBasisChunks` that evaluates it per chunk of edges."""
         x_db = self.dense_db(m)
         x_db = self.scale_rbf(x_db * self.mlp_rbf(bases["rad"]), ref=x_db)
         x_db = self.down_projection(x_db)[quad["triplet_in"]["in"]]
         x_db = self.scale_cbf(x_db * self.mlp_cbf(bases["cir"]), ref=x_db)
-        x_db = x_db[quad["trip_in_to_quad"]]
-        x = self.mlp_sbf(bases["sph"], x_db, quad["out"], quad["out_agg"])
+        if isinstance(bases["sph"], tuple):
+            x_db = x_db[quad["trip_in_to_quad"]]
+            x = self.mlp_sbf(bases["sph"], x_db, quad["out"], quad["out_agg"])
+        else:
+            x = self._chunked(bases["sph"], x_db)
         x = self.scale_sbf_sum(x, ref=x_db)
         return _symmetric_output(self, x, id_swap)
+
+    def _chunked(self, sph_chunks, x_db):
+        """Per-quadruplet part, ``sph_chunks.rows_per_chunk`` target edges at a time: the basis and the
+        messages of a chunk's quadruplets are built, contracted and (in backward) rebuilt per chunk."""
+        x_ext = with_zero_row(x_db)  # (T_in + 1, emb): messages per input triplet, zero for padding
+
+        def part(start, stop, x_ext):
+            rad_w, sph, trip_in = sph_chunks(start, stop)
+            return self.mlp_sbf.finish(rad_w, sph @ x_ext[trip_in])
+
+        pieces = [recompute(part, a, b, x_ext) for a, b in chunk_bounds(sph_chunks.num_rows, sph_chunks.rows_per_chunk)]
+        return torch.cat(pieces) if pieces else part(0, 0, x_ext)
 
 
 class PairInteraction(nn.Module):
@@ -97,15 +127,32 @@ class PairInteraction(nn.Module):
         self.down_projection = Dense(emb_size_atom, emb_size_pair_in, activation=activation, dropout=dropout)
         self.up_projection = Dense(emb_size_pair_out, emb_size_atom, activation=activation, dropout=dropout)
 
-    def forward(self, h, rad_basis, edge_index, target_inner, width: int):
+    def forward(self, h, rad_basis, edge_index, target_inner, width: int, chunk_size: int | None = None):
         """rad_basis (n_atoms, emb_rbf, Kmax) from :meth:`BasisEmbedding.pad_radial_by_atom`;
-        ``width`` = Kmax, the largest ``target_inner`` + 1."""
+        ``width`` = Kmax, the largest ``target_inner`` + 1. ``chunk_size``: padded neighbour slots
+        evaluated at once (None: all atoms at once)."""
         num_atoms = h.shape[0]
+        if chunk_size is not None:
+            return self._chunked(h, rad_basis, edge_index, target_inner, width, chunk_size)
         x_ba = self.down_projection(h)[edge_index[0]]
         padded = x_ba.new_zeros(num_atoms, width, self.emb_size_pair_in)
         padded[edge_index[1], target_inner] = x_ba
         out = self.bilinear((rad_basis @ padded).reshape(num_atoms, -1))
         out = self.scale_rbf_sum(out, ref=x_ba)
+        return self.up_projection(out)
+
+    def _chunked(self, h, rad_basis, edge_index, target_inner, width, chunk_size):
+        num_atoms = h.shape[0]
+        x_ext = with_zero_row(self.down_projection(h))  # (n_atoms + 1, emb_in); row n_atoms pads
+        sources = with_sentinel(edge_index[0], num_atoms)[padded_slots(edge_index[1], target_inner, num_atoms, width)]
+
+        def part(rad_c, sources_c, x_ext):
+            return self.bilinear((rad_c @ x_ext[sources_c]).reshape(rad_c.shape[0], -1))
+
+        pieces = [recompute(part, rad_basis[a:b], sources[a:b], x_ext)
+                  for a, b in chunk_bounds(num_atoms, rows_per_chunk(chunk_size, width))]
+        out = torch.cat(pieces) if pieces else part(rad_basis[:0], sources[:0], x_ext)
+        out = self.scale_rbf_sum(out, ref=None)
         return self.up_projection(out)
 
 
@@ -154,14 +201,16 @@ class OutputBlock(AtomUpdateBlock):
         self.seq_forces = _mlp(emb_size_edge, emb_size_edge, n_hidden, activation, dropout)
         self.dense_rbf_F = Dense(emb_size_rbf, emb_size_edge, dropout=dropout)
 
-    def forward(self, h, m, basis_rad, idx_atom):
-        """-> x_E (n_atoms, emb_size_atom), x_F (n_edges, emb_size_edge)."""
+    def forward(self, h, m, basis_rad, idx_atom, with_forces: bool = True):
+        """-> x_E (n_atoms, emb_size_atom), x_F (n_edges, emb_size_edge) (None without ``with_forces``)."""
         x_e = self.aggregate(m, basis_rad, idx_atom, h.shape[0])
         if self.training and self.edge_dropout:
             x_e = x_e / (1 - self.edge_dropout)
         x_e = _run(self.seq_energy_pre, self.scale_sum(x_e, ref=m))
         if self.seq_energy2 is not None:
             x_e = _run(self.seq_energy2, (x_e + h) * INV_SQRT_2)
+        if not with_forces:
+            return x_e, None
         x_f = _run(self.seq_forces, m)
         x_f = self.scale_rbf_F(x_f * self.dense_rbf_F(basis_rad), ref=x_f)
         return x_e, x_f
@@ -204,25 +253,29 @@ class InteractionBlock(nn.Module):
             [ResidualLayer(c.emb_size_edge, activation=act, dropout=do) for _ in range(c.num_concat)]
         )
 
-    def forward(self, h, m, bases: dict, idx: dict):
-        """h (n_atoms, emb_size_atom), m (n_edges, emb_size_edge) -> updated (h, m)."""
+    def forward(self, h, m, bases: dict, idx: dict, chunk_size: int | None = None):
+        """h (n_atoms, emb_size_atom), m (n_edges, emb_size_edge) -> updated (h, m).
+
+        ``chunk_size``: evaluate the triplet and atom-pair interactions that many padded slots at
+        a time (lean memory mode); None: all at once. Same numbers either way.
+        """
         num_atoms = h.shape[0]
         id_swap = idx["id_swap"]
         aea_index = idx["a2ee2a_edge_index"]
         x_skip = self.dense_ca(m)
-        x_e2e = self.trip_interaction(m, bases["e2e"], idx["trip_e2e"], id_swap)
+        x_e2e = self.trip_interaction(m, bases["e2e"], idx["trip_e2e"], id_swap, chunk_size=chunk_size)
         x_qint = self.quad_interaction(m, bases["qint"], idx["quad"], id_swap)
-        x_a2e = self.atom_edge_interaction(h, bases["a2e"], idx["trip_a2e"], id_swap, expand_idx=aea_index[0])
+        x_a2e = self.atom_edge_interaction(h, bases["a2e"], idx["trip_a2e"], id_swap, expand_idx=aea_index[0],
+                                           chunk_size=chunk_size)
         width = idx["padded_width"]
         h_e2a = self.edge_atom_interaction(
             m, bases["e2a"], idx["trip_e2a"], id_swap,
             idx_agg2=aea_index[1], idx_agg2_inner=idx["a2ee2a_target_inner"], agg2_out_size=num_atoms,
-            agg2_width=width["a2ee2a"],
+            agg2_width=width["a2ee2a"], chunk_size=chunk_size,
         )
         h_a2a = self.atom_interaction(
-            h, bases["a2a_rad"], idx["a2a_edge_index"], idx["a2a_target_inner"], width["a2a"]
+            h, bases["a2a_rad"], idx["a2a_edge_index"], idx["a2a_target_inner"], width["a2a"], chunk_size=chunk_size
         )
-
         x = (x_skip + x_e2e + x_qint + x_a2e) * (1.0 / math.sqrt(4.0))
         h = (h + h_e2a + h_a2a) * (1.0 / math.sqrt(3.0))
         x = _run(self.layers_before_skip, x)
