@@ -14,6 +14,7 @@ from torch import nn
 
 from jmp_ase.data.batch import atoms_arrays, batch_from_atoms
 from jmp_ase.data.graphs import GraphSettings, validate_structure
+from jmp_ase.nn.backbone import with_memory_mode
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PER_ATOM = ("forces", "energies")
@@ -69,12 +70,15 @@ class JMPCalculator(Calculator):
     ``tags``: how the atoms' tags are read, ``"ignore"`` (every atom tag 2, as JMP fine-tunes)
     or ``"oc20"`` (0 sub-surface, 1 surface, 2 adsorbate: they decide which atoms enter the
     quadruplet graph); None takes the model file's setting (``jmp-train info`` shows it).
+    ``memory``: ``"auto"``, ``"fast"`` or ``"lean"`` (see :attr:`jmp_ase.nn.backbone.GemNetOCBackbone.memory`;
+    lean: large systems in a fraction of the memory, same numbers); None keeps the model's (``"auto"``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
 
     def __init__(self, model: nn.Module | str, device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 16, check_elements: bool = True, tags: str | None = None, **kwargs):
+                 batch_size: int = 16, check_elements: bool = True, tags: str | None = None,
+                 memory: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -89,6 +93,7 @@ class JMPCalculator(Calculator):
         self.batch_size = int(batch_size)
         self.check_elements = check_elements
         self.predictor = _prepare(model, self.device, self.dtype)
+        self.predictor = with_memory_mode(self.predictor, memory, original=model)
         self.implemented_properties = list(model.implemented_properties)
         settings = self.predictor.graph_settings
         self.graph_settings = settings if tags is None else dataclasses.replace(settings, tags=tags)
@@ -100,7 +105,7 @@ class JMPCalculator(Calculator):
                             energy_shift: float = 0.0, force_scale: float | None = None,
                             element_references: dict[int, float] | None = None,
                             forces: str = "direct", smooth_dihedral: bool | None = None,
-                            tags: str | None = None,
+                            tags: str | None = None, memory: str | None = None,
                             device: str = "cpu", dtype: str = "float32") -> "JMPCalculator":
         """Calculator on pre-training head ``head`` (index or task name) of a pre-trained checkpoint:
         an original JMP file (``jmp-s.pt``), a ``pretrain.ckpt`` or a shipped name (``jmp-mini``).
@@ -139,7 +144,7 @@ class JMPCalculator(Calculator):
             element_references=given_or_file(element_references, "element_references", None),
             forces=forces,
         )
-        return cls(predictor, device=device, dtype=dtype)
+        return cls(predictor, device=device, dtype=dtype, memory=memory)
 
     @property
     def elements(self) -> list[int] | None:

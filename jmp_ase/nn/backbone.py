@@ -1,6 +1,7 @@
 """The GemNet-OC backbone as JMP uses it: atom embeddings in, node and edge embeddings out."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 from jmp_ase.nn.bases import Bases
 from jmp_ase.nn.config import BackboneConfig
 from jmp_ase.nn.interactions import InteractionBlock, OutputBlock
-from jmp_ase.nn.layers import Dense, ResidualLayer, ScaleFactor, recompute
+from jmp_ase.nn.layers import Dense, ResidualLayer, ScaleFactor
 
 GRAPH_TYPES = ("main", "a2a", "a2ee2a", "qint")
 MEMORY_MODES = ("auto", "fast", "lean")
@@ -38,6 +39,27 @@ def edge_geometry(positions, cell, atom_batch, edge_index, cell_offset):
     vec = positions[target] - positions[source] - shift
     dist = vec.norm(dim=-1)
     return dist, vec / dist[:, None]
+
+
+def with_memory_mode(module: nn.Module, memory: str | None, original: nn.Module | None = None) -> nn.Module:
+    """``module`` with every GemNet-OC backbone in it set to ``memory`` (None: unchanged).
+
+    When a setting changes and ``module`` is ``original`` (the caller's), a copy is changed instead.
+    """
+    if memory is None:
+        return module
+    check_memory_mode(memory)
+    backbones = [m for m in module.modules() if isinstance(m, GemNetOCBackbone)]
+    if not backbones:
+        raise ValueError(f"memory={memory!r}: {type(module).__name__} has no GemNet-OC backbone to set it on")
+    if all(b.memory == memory for b in backbones):
+        return module
+    if module is original:
+        module = copy.deepcopy(module)
+    for b in module.modules():
+        if isinstance(b, GemNetOCBackbone):
+            b.memory = memory
+    return module
 
 
 class FinalMLP(nn.Module):
@@ -93,9 +115,9 @@ class GemNetOCBackbone(nn.Module):
         """``"fast"``: every interaction evaluated at once for the whole system (fastest, memory
         grows with the number of quadruplets, ~50 MB per atom for JMP-S conservative forces on
         dense 12 Å graphs); ``"lean"``: triplet, quadruplet and atom-pair interactions in chunks of
-        ``chunk_size`` padded slots, and while autograd records, every interaction and output block
-        and every chunk is recomputed in backward instead of kept (activation checkpointing), so
-        memory stays a small multiple of the per-edge tensors; ``"auto"`` (default): lean for
+        ``chunk_size`` padded slots and the per-edge MLPs in chunks of ``chunk_size // 64`` edges;
+        while autograd records, every chunk is recomputed in backward instead of kept (activation
+        checkpointing), so only a few per-edge tensors per block are kept; ``"auto"`` (default): lean for
         systems above :data:`AUTO_LEAN_SLOTS` padded quadruplet slots, fast below (small molecules
         pay nothing). Same numbers in every mode (to float round-off)."""
         return self._memory
@@ -144,21 +166,21 @@ class GemNetOCBackbone(nn.Module):
         target = idx["main_edge_index"][1]
 
         def output(out_block, h, m, bases):
-            return out_block(h, m, bases["output"], target, with_forces=edge_embedding)
+            if chunk_size is None:
+                return out_block(h, m, bases["output"], target, with_forces=edge_embedding)
+            return out_block.forward_lean(h, m, bases["output"], target, chunk_size, with_forces=edge_embedding)
 
         def interaction(block, out_block, h, m, bases):
-            h, m = block(h, m, bases, idx, chunk_size=chunk_size)
+            if chunk_size is None:
+                h, m = block(h, m, bases, idx)
+            else:
+                h, m = block.forward_lean(h, m, bases, idx, chunk_size)
             return (h, m) + output(out_block, h, m, bases)
 
-        lean = chunk_size is not None
-        x_e, x_f = recompute(output, self.out_blocks[0], h, m, bases) if lean else output(self.out_blocks[0], h, m,
-                                                                                         bases)
+        x_e, x_f = output(self.out_blocks[0], h, m, bases)
         xs_e, xs_f = [x_e], [x_f]
         for block, out_block in zip(self.int_blocks, self.out_blocks[1:]):
-            if lean:
-                h, m, x_e, x_f = recompute(interaction, block, out_block, h, m, bases)
-            else:
-                h, m, x_e, x_f = interaction(block, out_block, h, m, bases)
+            h, m, x_e, x_f = interaction(block, out_block, h, m, bases)
             xs_e.append(x_e)
             xs_f.append(x_f)
         return BackboneOutput(
