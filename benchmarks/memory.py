@@ -102,8 +102,8 @@ def run_case(args, size: int, mode: str) -> dict:
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--budget", str(args.budget),
            "--cutoff", str(args.cutoff), "--max-neighbors", str(args.max_neighbors),
            "--memory-limit-gb", str(args.memory_limit_gb), "--chunk-size", str(args.chunk_size or 0)]
-    if args.stress:
-        cmd.append("--stress")
+    if not args.stress:
+        cmd.append("--no-stress")
     cap = int(args.memory_limit_gb * 1e9)
 
     def limit():
@@ -114,7 +114,7 @@ def run_case(args, size: int, mode: str) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        oom = "memory" in tail[0].lower() or proc.returncode in (-9, 137)
+        oom = "allocate memory" in tail[0] or "MemoryError" in tail[0] or proc.returncode in (-9, 137)
         return {"size": size, "mode": mode, "error": f"out of memory (cap {args.memory_limit_gb:g} GB)" if oom
                 else f"failed: {tail[0][:80]}"}
     info = json.loads(lines[-1])
@@ -136,7 +136,6 @@ def main(argv=None):
     parser.add_argument("--chunk-size", type=int, default=0, help="lean chunk size (0: the default)")
     parser.add_argument("--memory-limit-gb", type=float, default=12.0)
     parser.add_argument("--timeout", type=float, default=3600.0, help="s per case")
-    parser.add_argument("--skip-after-oom", action="store_true", default=True)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)

@@ -66,25 +66,26 @@ def test_lean_matches_fast_direct_forces_no_grad():
         np.testing.assert_allclose(lean[key].numpy(), fast[key].numpy(), rtol=1e-12, atol=1e-14)
 
 
-def finite_difference_forces(model, atoms, h=1e-5):
-    forces = np.zeros((len(atoms), 3))
-    for i in range(len(atoms)):
+def finite_difference_forces(model, atoms, which, h=1e-5):
+    forces = np.zeros((len(which), 3))
+    for n, i in enumerate(which):
         for k in range(3):
             energies = []
             for sign in (1, -1):
                 shifted = atoms.copy()
                 shifted.positions[i, k] += sign * h
-                energies.append(predict(model, shifted, "lean", 300, stress=False)["energy"].item())
-            forces[i, k] = -(energies[0] - energies[1]) / (2 * h)
+                energies.append(predict(model, shifted, "lean", 2000, stress=False)["energy"].item())
+            forces[n, k] = -(energies[0] - energies[1]) / (2 * h)
     return forces
 
 
-@pytest.mark.parametrize("name", ["methanol", "copper"])
+@pytest.mark.parametrize("name", ["methanol", "triclinic"])
 def test_lean_forces_are_finite_difference_gradient(model64, name):
     atoms = STRUCTURES[name]()
     out = predict(model64, atoms, "lean", 300, stress=False)
-    fd = finite_difference_forces(model64, atoms)
-    np.testing.assert_allclose(out["forces"].detach().numpy(), fd, rtol=1e-6, atol=1e-7)
+    which = [0, 2]
+    fd = finite_difference_forces(model64, atoms, which)
+    np.testing.assert_allclose(out["forces"].detach().numpy()[which], fd, rtol=1e-6, atol=1e-7)
 
 
 def test_lean_stress_is_strain_derivative(model64):
@@ -102,7 +103,7 @@ def test_lean_stress_is_strain_derivative(model64):
                 strain[j, i] += sign * h / 2
                 strained = atoms.copy()
                 strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-                energies.append(predict(model64, strained, "lean", 300)["energy"].item())
+                energies.append(predict(model64, strained, "lean", 2000)["energy"].item())
             fd[i, j] = (energies[0] - energies[1]) / (2 * h) / volume
     np.testing.assert_allclose(stress, fd, rtol=1e-6, atol=1e-8)
 
@@ -175,7 +176,7 @@ def test_lean_forward_never_reads_device_values(model64, monkeypatch):
 
 def test_calculator_memory_argument(model64):
     model = tiny_model(cutoff=5.0)
-    atoms = copper()
+    atoms = triclinic_crystal()
     fast = JMPCalculator(model, dtype="float64", memory="fast")
     lean = JMPCalculator(model, dtype="float64", memory="lean")
     assert model.memory == "auto"  # the caller's module is never modified
@@ -204,8 +205,8 @@ from test_reference import *  # noqa: E402,F401,F403  (re-collected here under t
 @pytest.fixture(autouse=True)
 def lean_everywhere(request, monkeypatch):
     """For the tests of test_reference.py: memory="auto" (every model's default) turns lean for
-    any size, in chunks of 64 slots."""
+    any size, in chunks of 1024 slots (16 edges in the per-edge stages)."""
     if getattr(request.node, "function", None) is None or request.node.function.__module__ != "test_reference":
         return
     monkeypatch.setattr(backbone_module, "AUTO_LEAN_SLOTS", -1)
-    monkeypatch.setattr(backbone_module, "DEFAULT_CHUNK_SIZE", 64)
+    monkeypatch.setattr(backbone_module, "DEFAULT_CHUNK_SIZE", 1024)
