@@ -19,7 +19,8 @@ MEMORY_MODES = ("auto", "fast", "lean")
 # Lean mode: padded triplet / quadruplet / neighbour slots evaluated at once (rows x padded width).
 DEFAULT_CHUNK_SIZE = 1 << 17
 # memory="auto" turns lean above this many padded quadruplet slots (main edges x padded width):
-# about 2.5 GB of a JMP-S conservative pass (Cu fcc at 12 Å / 30 neighbours: 108 atoms have 0.77 M).
+# a JMP-S conservative pass there needs about 6 GB in fast mode (Cu fcc at 12 Å / 30 neighbours: 108
+# atoms have 0.77 M slots and peak at 4.9 GB, 256 atoms 1.8 M and 10 GB).
 AUTO_LEAN_SLOTS = 1_000_000
 
 
