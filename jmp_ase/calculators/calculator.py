@@ -16,6 +16,7 @@ from torch import nn
 from jmp_ase import keys
 from jmp_ase.data.batch import atoms_arrays, batch_from_atoms
 from jmp_ase.data.graphs import GraphSettings, validate_structure
+from jmp_ase.nn.backbone import with_memory_mode
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # eV/Å: forces above this on a structure without close contacts are reported (once).
@@ -110,6 +111,8 @@ class JMPCalculator(Calculator):
     ``neighbor_order``: how the nearest ``max_neighbors`` are chosen where an atom has more,
     ``"jmp"`` (JMP's rule: depends on the atom order) or ``"canonical"`` (independent of the
     atom order; see :class:`~jmp_ase.data.graphs.GraphSettings`); None takes the model's.
+    ``memory``: ``"auto"``, ``"fast"`` or ``"lean"`` (see :attr:`jmp_ase.nn.backbone.GemNetOCBackbone.memory`;
+    lean: large systems in a fraction of the memory, same numbers); None keeps the model's (``"auto"``).
 
     One calculator may be shared by several threads: each call computes, stores and reads
     its results under a lock, so every caller gets its own structure's results (calls run
@@ -121,7 +124,7 @@ class JMPCalculator(Calculator):
 
     def __init__(self, model: nn.Module | str, device: str = "cpu", dtype: str = "float32",
                  batch_size: int = 16, check_elements: bool = True, tags: str | None = None,
-                 neighbor_order: str | None = None, **kwargs):
+                 neighbor_order: str | None = None, memory: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self._lock = threading.RLock()
         if dtype not in DTYPES:
@@ -138,6 +141,7 @@ class JMPCalculator(Calculator):
         self.batch_size = int(batch_size)
         self.check_elements = check_elements
         self.predictor = _prepare(model, self.device, self.dtype)
+        self.predictor = with_memory_mode(self.predictor, memory, original=model)
         self.implemented_properties = list(model.implemented_properties)
         settings = self.predictor.graph_settings
         if tags is not None:
@@ -164,6 +168,7 @@ class JMPCalculator(Calculator):
                             element_references: dict[int, float] | None = None,
                             forces: str = "direct", smooth_dihedral: bool | None = None,
                             tags: str | None = None, neighbor_order: str | None = None,
+                            memory: str | None = None,
                             device: str = "cpu", dtype: str = "float32") -> "JMPCalculator":
         """Calculator on pre-training head ``head`` (index or task name) of a pre-trained checkpoint:
         an original JMP file (``jmp-s.pt``), a ``pretrain.ckpt`` or a shipped name (``jmp-mini``).
@@ -208,7 +213,7 @@ class JMPCalculator(Calculator):
             element_references=given_or_file(element_references, "element_references", None),
             forces=forces,
         )
-        return cls(predictor, device=device, dtype=dtype)
+        return cls(predictor, device=device, dtype=dtype, memory=memory)
 
     @property
     def elements(self) -> list[int] | None:

@@ -12,7 +12,16 @@ from torch import nn
 
 from jmp_ase.data.index_types import InteractionIndices
 
-from jmp_ase.nn.layers import BasisEmbedding, Dense, EdgeEmbedding
+from jmp_ase.nn.layers import (
+    BasisEmbedding,
+    Dense,
+    EdgeEmbedding,
+    chunk_bounds,
+    padded_slots,
+    recompute,
+    rows_per_chunk,
+    with_sentinel,
+)
 
 
 class PolynomialEnvelope(nn.Module):
@@ -115,14 +124,59 @@ class SphericalBasisLayer(nn.Module):
                 normal_abd: torch.Tensor):
         """distance (E,) Å; cos_angle (Q,) of c-a-b; the two normals (Q, 3) of each quadruplet
         -> (E, num_radial), (Q, num_spherical**2)."""
+        return self.radial_basis(distance), self.angular(cos_angle, normal_cab, normal_abd)
+
+    def angular(self, cos_angle: torch.Tensor, normal_cab: torch.Tensor, normal_abd: torch.Tensor) -> torch.Tensor:
+        """The angular part alone: (Q,), (Q, 3), (Q, 3) -> (Q, num_spherical**2)."""
         first = legendre_basis(cos_angle, self.num_spherical)
         if self.smooth:
             scale_sq = normal_cab.square().sum(-1) * normal_abd.square().sum(-1)
             second = legendre_basis((normal_cab * normal_abd).sum(-1), self.num_spherical, scale_sq)
         else:
             second = legendre_basis(torch.cos(dihedral_angle(normal_cab, normal_abd)), self.num_spherical)
-        outer = (first[:, :, None] * second[:, None, :]).reshape(cos_angle.shape[0], self.num_spherical**2)
-        return self.radial_basis(distance), outer
+        return (first[:, :, None] * second[:, None, :]).reshape(cos_angle.shape[0], self.num_spherical**2)
+
+
+class QuadrupletBasisChunks:
+    """The quadruplet basis of lean mode, evaluated for a chunk of target edges on demand.
+
+    ``chunks(start, stop)`` returns, for target (main) edges ``start:stop``, the same
+    (radial weights (c, emb_sbf, S²), padded spherical basis (c, S², Kmax)) that
+    :meth:`BasisEmbedding.forward_padded` gives for those rows, plus (c, Kmax) indices of each
+    padded quadruplet's input triplet (``T_in`` for padding, whose basis is zero). Only
+    per-edge and per-triplet tensors are kept for the whole system, never a per-quadruplet one.
+    """
+
+    def __init__(self, layer: SphericalBasisLayer, embedding: BasisEmbedding, rad: torch.Tensor,
+                 cos_cab: torch.Tensor, normal_cab: torch.Tensor, normal_abd: torch.Tensor, quad: dict,
+                 width: int, chunk_size: int):
+        self.layer, self.embedding, self.rad = layer, embedding, rad
+        self.cos_cab, self.normal_cab, self.normal_abd = cos_cab, normal_cab, normal_abd
+        self.num_rows = rad.shape[0]
+        self.width = width
+        self.rows_per_chunk = rows_per_chunk(chunk_size, width)
+        self.slots = padded_slots(quad.out, quad.out_agg, self.num_rows, width)
+        num_quad = quad.out.shape[0]
+        self.trip_out = with_sentinel(quad.trip_out_to_quad, cos_cab.shape[0])
+        self.trip_in = with_sentinel(quad.trip_in_to_quad, normal_abd.shape[0])
+        self.num_quad = num_quad
+
+    def __call__(self, start: int, stop: int):
+        slots = self.slots[start:stop]  # (c, K) quadruplet ids, num_quad = padding
+        valid = slots < self.num_quad
+        trip_out = self.trip_out[slots]
+        trip_in = self.trip_in[slots]
+        shape = slots.shape
+        # Padding slots read the last real triplet (any valid geometry) and are zeroed below.
+        t_out = trip_out.clamp(max=max(self.cos_cab.shape[0] - 1, 0)).reshape(-1)
+        t_in = trip_in.clamp(max=max(self.normal_abd.shape[0] - 1, 0)).reshape(-1)
+        if self.cos_cab.shape[0] == 0 or self.normal_abd.shape[0] == 0:
+            sph = self.rad.new_zeros(shape + (self.layer.num_spherical ** 2,))
+        else:
+            sph = self.layer.angular(self.cos_cab[t_out], self.normal_cab[t_out], self.normal_abd[t_in])
+            sph = torch.where(valid.reshape(-1, 1), sph, torch.zeros_like(sph)).reshape(shape + (-1,))
+        rad_w = self.embedding.radial(self.rad[start:stop], sph.shape[-1])
+        return rad_w, sph.transpose(1, 2), trip_in
 
 
 def cos_between(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -212,23 +266,44 @@ class Bases(nn.Module):
         the normals n_cab = v_ca × v_ba and n_abd = v_db × v_ba whose angle is the dihedral
         c-a-b-d (see :class:`SphericalBasisLayer`).
         """
+        cos_cab, cos_abd, normal_cab, normal_abd = Bases.triplet_angles(v_main, v_qint, quad)
+        return cos_cab, cos_abd, normal_cab[quad.trip_out_to_quad], normal_abd[quad.trip_in_to_quad]
+
+    @staticmethod
+    def triplet_angles(v_main: torch.Tensor, v_qint: torch.Tensor, quad: dict):
+        """As :meth:`quadruplet_angles`, with both normals per triplet (triplet_out, triplet_in)."""
         v_ba_in = v_qint[quad.triplet_in.out]
         v_db = v_main[quad.triplet_in.in_]
         cos_abd = cos_between(v_ba_in, v_db)
-        normal_abd = torch.linalg.cross(v_db, v_ba_in)[quad.trip_in_to_quad]
+        normal_abd = torch.linalg.cross(v_db, v_ba_in)
 
         v_ca = v_main[quad.triplet_out.out]
         v_ba_out = v_qint[quad.triplet_out.in_]
         cos_cab = cos_between(v_ca, v_ba_out)
-        normal_cab = torch.linalg.cross(v_ca, v_ba_out)[quad.trip_out_to_quad]
+        normal_cab = torch.linalg.cross(v_ca, v_ba_out)
         return cos_cab, cos_abd, normal_cab, normal_abd
 
-    def forward(self, h: torch.Tensor, geom: dict, idx: InteractionIndices, num_atoms: int) -> dict:
+    def _a2a_radial(self, distance: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+        """Radial weights (E_a2a, emb_rbf) of the a2a graph; in chunks of ``chunk_size`` edges
+        (recomputed in backward) when given: the raw (E_a2a, num_radial) basis is the largest
+        per-edge tensor of the model (about 600 a2a edges per atom at 12 Å)."""
+        def part(d):
+            return self.mlp_rbf_aint.radial(self.radial_basis_aint(d))
+
+        if chunk_size is None:
+            return part(distance)
+        pieces = [recompute(part, distance[a:b]) for a, b in chunk_bounds(distance.shape[0], chunk_size)]
+        return torch.cat(pieces) if pieces else part(distance)
+
+    def forward(self, h: torch.Tensor, geom: dict, idx: InteractionIndices, num_atoms: int, chunk_size: int | None = None) -> dict:
         """Compute every basis used by the interaction and output blocks.
 
         ``geom[g]`` holds ``distance`` (E_g,) Å and ``vector`` (E_g, 3) unit vectors
         for graph g in main/a2a/a2ee2a/qint; ``idx`` is :func:`jmp_ase.data.indices.interaction_indices`
         with ``idx.padded_width`` (:func:`jmp_ase.data.batch.padded_widths`).
+        ``chunk_size`` (lean memory mode): the quadruplet basis becomes a
+        :class:`QuadrupletBasisChunks` evaluated per chunk of edges by the interaction blocks, and
+        the a2a radial basis is computed in chunks; None: everything at once.
         """
         main, a2a, aea, qint = geom["main"], geom["a2a"], geom["a2ee2a"], geom["qint"]
         trip, t_a2e, t_e2a, quad = idx.trip_e2e, idx.trip_a2e, idx.trip_e2a, idx.quad
@@ -237,11 +312,21 @@ class Bases(nn.Module):
         rad_cir_e2e, cir_e2e = self.cbf_basis_tint(
             main["distance"], cos_between(main["vector"][trip.out], main["vector"][trip.in_])
         )
-        cos_cab_q, cos_abd, normal_cab, normal_abd = self.quadruplet_angles(main["vector"], qint["vector"], quad)
+        width = idx.padded_width
+        if chunk_size is None:
+            cos_cab_q, cos_abd, normal_cab, normal_abd = self.quadruplet_angles(main["vector"], qint["vector"], quad)
+            rad_sph_qint, sph_qint = self.sbf_basis_qint(
+                main["distance"], cos_cab_q[quad.trip_out_to_quad], normal_cab, normal_abd
+            )
+            sph_qint = self.mlp_sbf_qint.forward_padded(rad_sph_qint, sph_qint, quad.out, quad.out_agg,
+                                                        width.quad)
+        else:
+            cos_cab_q, cos_abd, normal_cab, normal_abd = self.triplet_angles(main["vector"], qint["vector"], quad)
+            sph_qint = QuadrupletBasisChunks(
+                self.sbf_basis_qint, self.mlp_sbf_qint, self.sbf_basis_qint.radial_basis(main["distance"]),
+                cos_cab_q, normal_cab, normal_abd, quad, width.quad, chunk_size,
+            )
         rad_cir_qint, cir_qint = self.cbf_basis_qint(qint["distance"], cos_abd)
-        rad_sph_qint, sph_qint = self.sbf_basis_qint(
-            main["distance"], cos_cab_q[quad.trip_out_to_quad], normal_cab, normal_abd
-        )
         rad_aea = self.radial_basis_aeaint(aea["distance"])
         rad_cir_a2e, cir_a2e = self.cbf_basis_aeint(
             main["distance"], cos_between(main["vector"][t_a2e.out], aea["vector"][t_a2e.in_])
@@ -249,14 +334,11 @@ class Bases(nn.Module):
         rad_cir_e2a, cir_e2a = self.cbf_basis_eaint(
             aea["distance"], cos_between(aea["vector"][t_e2a.out], main["vector"][t_e2a.in_])
         )
-        rad_a2a = self.radial_basis_aint(a2a["distance"])
-
         aea_target = idx.a2ee2a_edge_index[1]
-        width = idx.padded_width
         e2a_rad_w, e2a_sph = self.mlp_cbf_eaint.forward_padded(
             rad_cir_e2a, cir_e2a, t_e2a.out, t_e2a.out_agg, width.trip_e2a
         )
-        a2a_rad_w = self.mlp_rbf_aint.radial(rad_a2a)
+        a2a_rad_w = self._a2a_radial(a2a["distance"], chunk_size)
         return {
             "m": self.edge_emb(h, rad_main, idx.main_edge_index),
             "atom_update": self.mlp_rbf_h(rad_main),
@@ -264,9 +346,7 @@ class Bases(nn.Module):
             "qint": {
                 "rad": self.mlp_rbf_qint(rad_main),
                 "cir": self.mlp_cbf_qint.forward_gathered(rad_cir_qint, cir_qint, quad.triplet_in.out),
-                "sph": self.mlp_sbf_qint.forward_padded(
-                    rad_sph_qint, sph_qint, quad.out, quad.out_agg, width.quad
-                ),
+                "sph": sph_qint,
             },
             "e2e": {
                 "rad": self.mlp_rbf_tint(rad_main),

@@ -14,7 +14,13 @@ from jmp_ase.nn.layers import (
     EfficientInteractionBilinear,
     ResidualLayer,
     ScaleFactor,
+    chunk_bounds,
+    recompute,
+    rows_per_chunk,
+    padded_slots,
     scatter_sum,
+    with_sentinel,
+    with_zero_row,
 )
 
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -44,20 +50,46 @@ class TripletInteraction(nn.Module):
             self.up_projection_ac = Dense(emb_size_trip_out, emb_size_out, activation=activation, dropout=dropout)
 
     def forward(self, m, bases, idx, id_swap, expand_idx=None, idx_agg2=None, idx_agg2_inner=None, agg2_out_size=None,
-                agg2_width=None):
+                agg2_width=None, chunk_size: int | None = None):
+        """``chunk_size``: evaluate the per-triplet part that many padded triplet slots at a time
+        (see :meth:`EfficientInteractionBilinear.forward_chunked`); None: all at once."""
         x_ba = self.dense_ba(m)
         if expand_idx is not None:
             x_ba = x_ba[expand_idx]
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases["rad"]), ref=x_ba)
-        x_ba = self.down_projection(x_ba)[idx.in_]
-        x = self.mlp_cbf(bases["cir"], x_ba, idx.out, idx.out_agg, idx_agg2, idx_agg2_inner, agg2_out_size,
-                         agg2_width)
+        if chunk_size is None:
+            x_ba = self.down_projection(x_ba)[idx.in_]
+            x = self.mlp_cbf(bases["cir"], x_ba, idx.out, idx.out_agg, idx_agg2, idx_agg2_inner, agg2_out_size,
+                             agg2_width)
+        else:
+            x_ba = self.down_projection(x_ba)
+            x = self.mlp_cbf.forward_chunked(bases["cir"], x_ba, idx.in_, idx.out, idx.out_agg, chunk_size,
+                                             idx_agg2, idx_agg2_inner, agg2_out_size, agg2_width)
         x = self.scale_cbf_sum(x, ref=x_ba)
         if self.symmetric_mp:
             return _symmetric_output(self, x, id_swap)
         if self.swap_output:
             x = x[id_swap]
         return self.up_projection_ca(x)
+
+
+    def source(self, x, rad):
+        """Per source row (edge, or atom-edge for a2e after expansion): messages before the triplet
+        gather, (rows, emb_size_trip_in). Row-wise: a chunk of rows gives those rows."""
+        x_ba = self.scale_rbf(x * self.mlp_rbf(rad), ref=x)
+        return self.down_projection(x_ba)
+
+    def aggregate_chunked(self, cir, x_src, idx, chunk_size, idx_agg2=None, idx_agg2_inner=None, agg2_out_size=None,
+                          agg2_width=None):
+        """Triplet contraction of :meth:`source` messages, scaled: (n_out, emb_size_trip_out)."""
+        x = self.mlp_cbf.forward_chunked(cir, x_src, idx.in_, idx.out, idx.out_agg, chunk_size,
+                                         idx_agg2, idx_agg2_inner, agg2_out_size, agg2_width)
+        return self.scale_cbf_sum(x, ref=None)
+
+    def output_rows(self, x, id_swap_rows, start: int, stop: int):
+        """Rows ``start:stop`` of the symmetric output of the aggregated ``x`` (all rows);
+        ``id_swap_rows`` = ``id_swap[start:stop]``."""
+        return (self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows])) * INV_SQRT_2
 
 
 class QuadrupletInteraction(nn.Module):
@@ -78,14 +110,46 @@ class QuadrupletInteraction(nn.Module):
         self.up_projection_ac = Dense(emb_size_quad_out, emb_size_edge, activation=activation, dropout=dropout)
 
     def forward(self, m, bases, quad, id_swap):
+        """``bases["sph"]`` is the padded pair (radial weights, spherical basis), or, in lean mode,
+        a :class:`jmp_ase.nn.bases.QuadrupletBasisChunks` that evaluates it per chunk of edges."""
         x_db = self.dense_db(m)
         x_db = self.scale_rbf(x_db * self.mlp_rbf(bases["rad"]), ref=x_db)
         x_db = self.down_projection(x_db)[quad.triplet_in.in_]
         x_db = self.scale_cbf(x_db * self.mlp_cbf(bases["cir"]), ref=x_db)
-        x_db = x_db[quad.trip_in_to_quad]
-        x = self.mlp_sbf(bases["sph"], x_db, quad.out, quad.out_agg)
+        if isinstance(bases["sph"], tuple):
+            x_db = x_db[quad.trip_in_to_quad]
+            x = self.mlp_sbf(bases["sph"], x_db, quad.out, quad.out_agg)
+        else:
+            x = self._chunked(bases["sph"], x_db)
         x = self.scale_sbf_sum(x, ref=x_db)
         return _symmetric_output(self, x, id_swap)
+
+    def source(self, m, rad):
+        """Per edge d->b: messages before the triplet gather, (rows, emb_size_quad_in); row-wise."""
+        x_db = self.dense_db(m)
+        x_db = self.scale_rbf(x_db * self.mlp_rbf(rad), ref=x_db)
+        return self.down_projection(x_db)
+
+    def aggregate_chunked(self, source, bases, quad):
+        """Quadruplet contraction of :meth:`source` messages, scaled: (n_edges, emb_size_quad_out)."""
+        x_db = source[quad.triplet_in.in_]
+        x_db = self.scale_cbf(x_db * self.mlp_cbf(bases["cir"]), ref=x_db)
+        return self.scale_sbf_sum(self._chunked(bases["sph"], x_db), ref=None)
+
+    def output_rows(self, x, id_swap_rows, start: int, stop: int):
+        return (self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows])) * INV_SQRT_2
+
+    def _chunked(self, sph_chunks, x_db):
+        """Per-quadruplet part, ``sph_chunks.rows_per_chunk`` target edges at a time: the basis and the
+        messages of a chunk's quadruplets are built, contracted and (in backward) rebuilt per chunk."""
+        x_ext = with_zero_row(x_db)  # (T_in + 1, emb): messages per input triplet, zero for padding
+
+        def part(start, stop, x_ext):
+            rad_w, sph, trip_in = sph_chunks(start, stop)
+            return self.mlp_sbf.finish(rad_w, sph @ x_ext[trip_in])
+
+        pieces = [recompute(part, a, b, x_ext) for a, b in chunk_bounds(sph_chunks.num_rows, sph_chunks.rows_per_chunk)]
+        return torch.cat(pieces) if pieces else part(0, 0, x_ext)
 
 
 class PairInteraction(nn.Module):
@@ -99,15 +163,32 @@ class PairInteraction(nn.Module):
         self.down_projection = Dense(emb_size_atom, emb_size_pair_in, activation=activation, dropout=dropout)
         self.up_projection = Dense(emb_size_pair_out, emb_size_atom, activation=activation, dropout=dropout)
 
-    def forward(self, h, rad_basis, edge_index, target_inner, width: int):
+    def forward(self, h, rad_basis, edge_index, target_inner, width: int, chunk_size: int | None = None):
         """rad_basis (n_atoms, emb_rbf, Kmax) from :meth:`BasisEmbedding.pad_radial_by_atom`;
-        ``width`` = Kmax, the largest ``target_inner`` + 1."""
+        ``width`` = Kmax, the largest ``target_inner`` + 1. ``chunk_size``: padded neighbour slots
+        evaluated at once (None: all atoms at once)."""
         num_atoms = h.shape[0]
+        if chunk_size is not None:
+            return self._chunked(h, rad_basis, edge_index, target_inner, width, chunk_size)
         x_ba = self.down_projection(h)[edge_index[0]]
         padded = x_ba.new_zeros(num_atoms, width, self.emb_size_pair_in)
         padded[edge_index[1], target_inner] = x_ba
         out = self.bilinear((rad_basis @ padded).reshape(num_atoms, -1))
         out = self.scale_rbf_sum(out, ref=x_ba)
+        return self.up_projection(out)
+
+    def _chunked(self, h, rad_basis, edge_index, target_inner, width, chunk_size):
+        num_atoms = h.shape[0]
+        x_ext = with_zero_row(self.down_projection(h))  # (n_atoms + 1, emb_in); row n_atoms pads
+        sources = with_sentinel(edge_index[0], num_atoms)[padded_slots(edge_index[1], target_inner, num_atoms, width)]
+
+        def part(rad_c, sources_c, x_ext):
+            return self.bilinear((rad_c @ x_ext[sources_c]).reshape(rad_c.shape[0], -1))
+
+        pieces = [recompute(part, rad_basis[a:b], sources[a:b], x_ext)
+                  for a, b in chunk_bounds(num_atoms, rows_per_chunk(chunk_size, width))]
+        out = torch.cat(pieces) if pieces else part(rad_basis[:0], sources[:0], x_ext)
+        out = self.scale_rbf_sum(out, ref=None)
         return self.up_projection(out)
 
 
@@ -141,6 +222,16 @@ class AtomUpdateBlock(nn.Module):
         return _run(self.layers, self.scale_sum(x, ref=m))
 
 
+def edge_rows(num_edges: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Chunks of edges for the row-wise (per-edge MLP) stages of lean mode: ``chunk_size`` / 64
+    edges at a time (a few MB per 512-wide tensor)."""
+    return chunk_bounds(num_edges, max(1, chunk_size // 64))
+
+
+def _cat(pieces: list, empty):
+    return torch.cat(pieces) if pieces else empty()
+
+
 class OutputBlock(AtomUpdateBlock):
     """Per-block atom (energy) and edge (force) outputs."""
 
@@ -156,17 +247,44 @@ class OutputBlock(AtomUpdateBlock):
         self.seq_forces = _mlp(emb_size_edge, emb_size_edge, n_hidden, activation, dropout)
         self.dense_rbf_F = Dense(emb_size_rbf, emb_size_edge, dropout=dropout)
 
-    def forward(self, h, m, basis_rad, idx_atom):
-        """-> x_E (n_atoms, emb_size_atom), x_F (n_edges, emb_size_edge)."""
+    def forward(self, h, m, basis_rad, idx_atom, with_forces: bool = True):
+        """-> x_E (n_atoms, emb_size_atom), x_F (n_edges, emb_size_edge) (None without ``with_forces``)."""
         x_e = self.aggregate(m, basis_rad, idx_atom, h.shape[0])
         if self.training and self.edge_dropout:
             x_e = x_e / (1 - self.edge_dropout)
         x_e = _run(self.seq_energy_pre, self.scale_sum(x_e, ref=m))
         if self.seq_energy2 is not None:
             x_e = _run(self.seq_energy2, (x_e + h) * INV_SQRT_2)
+        if not with_forces:
+            return x_e, None
         x_f = _run(self.seq_forces, m)
         x_f = self.scale_rbf_F(x_f * self.dense_rbf_F(basis_rad), ref=x_f)
         return x_e, x_f
+
+    def forward_lean(self, h, m, basis_rad, idx_atom, chunk_size: int, with_forces: bool = True):
+        """:meth:`forward` with the per-edge work in chunks of edges, recomputed in backward."""
+        bounds = edge_rows(m.shape[0], chunk_size)
+        weighted = _cat([recompute(_weighted_rows, self.dense_rbf, m[a:b], basis_rad[a:b]) for a, b in bounds],
+                        lambda: m * self.dense_rbf(basis_rad))
+        x_e = scatter_sum(weighted, idx_atom, h.shape[0])
+        if self.training and self.edge_dropout:
+            x_e = x_e / (1 - self.edge_dropout)
+        x_e = _run(self.seq_energy_pre, self.scale_sum(x_e, ref=None))
+        if self.seq_energy2 is not None:
+            x_e = _run(self.seq_energy2, (x_e + h) * INV_SQRT_2)
+        if not with_forces:
+            return x_e, None
+
+        def forces(m_c, basis_c):
+            x_f = _run(self.seq_forces, m_c)
+            return self.scale_rbf_F(x_f * self.dense_rbf_F(basis_c), ref=None)
+
+        x_f = _cat([recompute(forces, m[a:b], basis_rad[a:b]) for a, b in bounds], lambda: forces(m, basis_rad))
+        return x_e, x_f
+
+
+def _weighted_rows(dense_rbf, m, basis_rad):
+    return m * dense_rbf(basis_rad)
 
 
 class InteractionBlock(nn.Module):
@@ -206,25 +324,29 @@ class InteractionBlock(nn.Module):
             [ResidualLayer(c.emb_size_edge, activation=act, dropout=do) for _ in range(c.num_concat)]
         )
 
-    def forward(self, h, m, bases: dict, idx: InteractionIndices):
-        """h (n_atoms, emb_size_atom), m (n_edges, emb_size_edge) -> updated (h, m)."""
+    def forward(self, h, m, bases: dict, idx: InteractionIndices, chunk_size: int | None = None):
+        """h (n_atoms, emb_size_atom), m (n_edges, emb_size_edge) -> updated (h, m).
+
+        ``chunk_size``: evaluate the triplet and atom-pair interactions that many padded slots at
+        a time (lean memory mode); None: all at once. Same numbers either way.
+        """
         num_atoms = h.shape[0]
         id_swap = idx.id_swap
         aea_index = idx.a2ee2a_edge_index
         x_skip = self.dense_ca(m)
-        x_e2e = self.trip_interaction(m, bases["e2e"], idx.trip_e2e, id_swap)
+        x_e2e = self.trip_interaction(m, bases["e2e"], idx.trip_e2e, id_swap, chunk_size=chunk_size)
         x_qint = self.quad_interaction(m, bases["qint"], idx.quad, id_swap)
-        x_a2e = self.atom_edge_interaction(h, bases["a2e"], idx.trip_a2e, id_swap, expand_idx=aea_index[0])
+        x_a2e = self.atom_edge_interaction(h, bases["a2e"], idx.trip_a2e, id_swap, expand_idx=aea_index[0],
+                                           chunk_size=chunk_size)
         width = idx.padded_width
         h_e2a = self.edge_atom_interaction(
             m, bases["e2a"], idx.trip_e2a, id_swap,
             idx_agg2=aea_index[1], idx_agg2_inner=idx.a2ee2a_target_inner, agg2_out_size=num_atoms,
-            agg2_width=width.a2ee2a,
+            agg2_width=width.a2ee2a, chunk_size=chunk_size,
         )
         h_a2a = self.atom_interaction(
-            h, bases["a2a_rad"], idx.a2a_edge_index, idx.a2a_target_inner, width.a2a
+            h, bases["a2a_rad"], idx.a2a_edge_index, idx.a2a_target_inner, width.a2a, chunk_size=chunk_size
         )
-
         x = (x_skip + x_e2e + x_qint + x_a2e) * (1.0 / math.sqrt(4.0))
         h = (h + h_e2a + h_a2a) * (1.0 / math.sqrt(3.0))
         x = _run(self.layers_before_skip, x)
@@ -233,3 +355,65 @@ class InteractionBlock(nn.Module):
         h = (h + self.atom_update(h, m, bases["atom_update"], idx.main_edge_index[1])) * INV_SQRT_2
         m2 = _run(self.residual_m, self.concat_layer(h, m, idx.main_edge_index))
         return h, (m + m2) * INV_SQRT_2
+
+    def forward_lean(self, h, m, bases: dict, idx: InteractionIndices, chunk_size: int):
+        """:meth:`forward` (same numbers) for lean mode: the per-edge MLPs run over chunks of
+        edges, the triplet, quadruplet and atom-pair contractions over chunks of padded slots, each
+        chunk recomputed in backward; only a few (n_edges, emb_size_edge) tensors are kept."""
+        num_atoms, num_edges = h.shape[0], m.shape[0]
+        trip, quad = self.trip_interaction, self.quad_interaction
+        a2e, e2a = self.atom_edge_interaction, self.edge_atom_interaction
+        id_swap = idx.id_swap
+        aea_index = idx.a2ee2a_edge_index
+        width = idx.padded_width
+        bounds = edge_rows(num_edges, chunk_size)
+
+        def sources(m_c, rad_e2e, rad_q, rad_e2a):
+            return (trip.source(trip.dense_ba(m_c), rad_e2e), quad.source(m_c, rad_q),
+                    e2a.source(e2a.dense_ba(m_c), rad_e2a))
+
+        rads = (bases["e2e"]["rad"], bases["qint"]["rad"], bases["e2a"]["rad"])
+        pieces = [recompute(sources, m[a:b], *(r[a:b] for r in rads)) for a, b in bounds] or [sources(m, *rads)]
+        src_e2e, src_q, src_e2a = (torch.cat(p) for p in zip(*pieces))
+
+        x_e2e = trip.aggregate_chunked(bases["e2e"]["cir"], src_e2e, idx.trip_e2e, chunk_size)
+        x_qint = quad.aggregate_chunked(src_q, bases["qint"], idx.quad)
+        src_a2e = a2e.source(a2e.dense_ba(h)[aea_index[0]], bases["a2e"]["rad"])
+        x_a2e = a2e.aggregate_chunked(bases["a2e"]["cir"], src_a2e, idx.trip_a2e, chunk_size)
+        h_e2a = e2a.up_projection_ca(e2a.aggregate_chunked(
+            bases["e2a"]["cir"], src_e2a, idx.trip_e2a, chunk_size, aea_index[1], idx.a2ee2a_target_inner,
+            num_atoms, width.a2ee2a,
+        ))
+        h_a2a = self.atom_interaction(
+            h, bases["a2a_rad"], idx.a2a_edge_index, idx.a2a_target_inner, width.a2a, chunk_size=chunk_size
+        )
+
+        def edge_update(start, stop, m_c, x_e2e, x_qint, x_a2e):
+            swap = id_swap[start:stop]
+            x = (self.dense_ca(m_c) + trip.output_rows(x_e2e, swap, start, stop)
+                 + quad.output_rows(x_qint, swap, start, stop)
+                 + a2e.output_rows(x_a2e, swap, start, stop)) * (1.0 / math.sqrt(4.0))
+            x = _run(self.layers_before_skip, x)
+            return _run(self.layers_after_skip, (m_c + x) * INV_SQRT_2)
+
+        m = _cat([recompute(edge_update, a, b, m[a:b], x_e2e, x_qint, x_a2e) for a, b in bounds],
+                 lambda: edge_update(0, num_edges, m, x_e2e, x_qint, x_a2e))
+
+        h = (h + h_e2a + h_a2a) * (1.0 / math.sqrt(3.0))
+        h = _run(self.atom_emb_layers, h)
+        update = self.atom_update
+        basis = bases["atom_update"]
+        weighted = _cat([recompute(_weighted_rows, update.dense_rbf, m[a:b], basis[a:b]) for a, b in bounds],
+                        lambda: m * update.dense_rbf(basis))
+        x = scatter_sum(weighted, idx.main_edge_index[1], num_atoms)
+        h = (h + _run(update.layers, update.scale_sum(x, ref=None))) * INV_SQRT_2
+
+        edge_index = idx.main_edge_index
+
+        def edge_final(m_c, edge_index_c, h):
+            m2 = _run(self.residual_m, self.concat_layer(h, m_c, edge_index_c))
+            return (m_c + m2) * INV_SQRT_2
+
+        m = _cat([recompute(edge_final, m[a:b], edge_index[:, a:b], h) for a, b in bounds],
+                 lambda: edge_final(m, edge_index, h))
+        return h, m

@@ -9,6 +9,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class ScaledSiLU(nn.Module):
@@ -118,6 +119,50 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     return out.index_add_(0, index, src)
 
 
+def chunk_bounds(num_rows: int, rows_per_chunk: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``range(num_rows)`` in pieces of ``rows_per_chunk`` (host ints)."""
+    step = max(1, int(rows_per_chunk))
+    return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
+
+
+def rows_per_chunk(chunk_size: int, width: int) -> int:
+    """Rows of a padded (rows, width, ...) layout that fit ``chunk_size`` slots (at least one)."""
+    return max(1, int(chunk_size) // max(1, int(width)))
+
+
+def recompute(fn, *args):
+    """``fn(*args)``; while autograd records, its intermediates are not kept but recomputed in
+    backward (activation checkpointing, ``use_reentrant=False``: works with ``torch.autograd.grad``
+    and with a second derivative)."""
+    if torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def padded_slots(idx_outer: torch.Tensor, idx_inner: torch.Tensor, num_rows: int, width: int) -> torch.Tensor:
+    """(num_rows, width) int64: entry ``k`` of the ragged index pair (``idx_outer[k]``, ``idx_inner[k]``),
+    ``len(idx_outer)`` where a row has fewer than ``width`` entries.
+
+    The index-only counterpart of padding a per-entry tensor to (num_rows, width, ...): a chunk of
+    rows of the padded tensor is then a gather ``x_ext[slots[a:b]]`` from ``x_ext`` = the per-entry
+    rows plus one zero row, so no padded tensor for the whole system is ever built.
+    """
+    num = idx_outer.shape[0]
+    slots = idx_outer.new_full((num_rows, width), num)
+    slots[idx_outer, idx_inner] = torch.arange(num, device=idx_outer.device)
+    return slots
+
+
+def with_zero_row(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (n, ...) with one zero row appended (the target of padding slots)."""
+    return torch.cat([x, x.new_zeros((1,) + tuple(x.shape[1:]))])
+
+
+def with_sentinel(index: torch.Tensor, sentinel: int) -> torch.Tensor:
+    """``index`` (n,) with ``sentinel`` appended, so that ``index_ext[slots]`` maps padding to it."""
+    return torch.cat([index, index.new_full((1,), sentinel)])
+
+
 class EdgeEmbedding(nn.Module):
     """Edge features from ``[h_source, h_target, m]`` through one dense layer."""
 
@@ -203,5 +248,39 @@ class EfficientInteractionBilinear(nn.Module):
             sph_m_padded = sph_m.new_zeros(agg2_out_size, agg2_width, sph_m.shape[1], sph_m.shape[2])
             sph_m_padded[idx_agg2_outer, idx_agg2_inner] = sph_m
             sph_m = sph_m_padded.reshape(agg2_out_size, -1, sph_m.shape[-1])
+        return self.finish(rad_w, sph_m)
+
+    def finish(self, rad_w: torch.Tensor, sph_m: torch.Tensor) -> torch.Tensor:
+        """(n_out, interm, S') @ (n_out, S', emb_in) -> bilinear -> (n_out, emb_out)."""
         out = rad_w @ sph_m  # (n_out, interm, emb_in)
         return self.bilinear(out.reshape(out.shape[0], out.shape[1] * out.shape[2]))
+
+    def forward_chunked(self, basis, x_src, idx_src, idx_agg_outer, idx_agg_inner, chunk_size: int,
+                        idx_agg2_outer=None, idx_agg2_inner=None, agg2_out_size=None, agg2_width=None):
+        """Same result as ``forward(basis, x_src[idx_src], idx_agg_outer, ...)`` without the per-triplet
+        messages or their padded layout for the whole system: output rows are evaluated
+        ``chunk_size`` padded slots at a time (recomputed in backward while autograd records).
+
+        x_src (n_src, emb_in) messages per source row; idx_src (n_trip,) source row of each triplet.
+        """
+        rad_w, sph = basis
+        n_rows, _, width = sph.shape
+        slots = with_sentinel(idx_src, x_src.shape[0])[padded_slots(idx_agg_outer, idx_agg_inner, n_rows, width)]
+        x_ext = with_zero_row(x_src)
+        final = idx_agg2_outer is None
+
+        def part(rad_w_c, sph_c, slots_c, x_ext):
+            sph_m = sph_c @ x_ext[slots_c]  # (c, S, emb_in)
+            return self.finish(rad_w_c, sph_m) if final else sph_m
+
+        step = rows_per_chunk(chunk_size, width)
+        pieces = [recompute(part, rad_w[a:b] if final else None, sph[a:b], slots[a:b], x_ext)
+                  for a, b in chunk_bounds(n_rows, step)]
+        if not pieces:
+            pieces = [part(rad_w[:0] if final else None, sph[:0], slots[:0], x_ext)]
+        sph_m = torch.cat(pieces)
+        if final:
+            return sph_m
+        sph_m_padded = sph_m.new_zeros(agg2_out_size, agg2_width, sph_m.shape[1], sph_m.shape[2])
+        sph_m_padded[idx_agg2_outer, idx_agg2_inner] = sph_m
+        return self.finish(rad_w, sph_m_padded.reshape(agg2_out_size, -1, sph_m.shape[-1]))

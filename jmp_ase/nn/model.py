@@ -43,12 +43,23 @@ class JMPBackboneModel(nn.Module):
         self.embedding = AtomEmbedding(config.num_elements, config.emb_size_atom)
         self.backbone = GemNetOCBackbone(config)
 
-    def embed(self, batch: AtomsBatch, positions=None, cell=None) -> BackboneOutput:
-        """Backbone output; ``positions`` / ``cell`` override the batch's (e.g. strained copies)."""
+    def embed(self, batch: AtomsBatch, positions=None, cell=None, edge_embedding: bool = True) -> BackboneOutput:
+        """Backbone output; ``positions`` / ``cell`` override the batch's (e.g. strained copies);
+        ``edge_embedding=False`` skips the edge branch that only direct-force heads read."""
         positions = batch.positions if positions is None else positions
         cell = batch.cell if cell is None else cell
         h = self.embedding(batch.numbers)
-        return self.backbone(h, positions, cell, batch.atom_batch, batch.indices)
+        return self.backbone(h, positions, cell, batch.atom_batch, batch.indices, edge_embedding=edge_embedding)
+
+    @property
+    def memory(self) -> str:
+        """Memory mode of the backbone, ``"auto"`` | ``"fast"`` | ``"lean"`` (a runtime setting, not
+        saved in model files; see :attr:`jmp_ase.nn.backbone.GemNetOCBackbone.memory`)."""
+        return self.backbone.memory
+
+    @memory.setter
+    def memory(self, value: str):
+        self.backbone.memory = value
 
 
 class JMPPretrainedModel(JMPBackboneModel):
@@ -219,7 +230,8 @@ class FineTunedModel(JMPBackboneModel):
         if compute_stress and not self.conservative:
             raise ValueError("this model predicts direct forces: it has no stress")
         inputs = StrainedInputs.prepare(batch.positions, batch.cell, batch.atom_batch, conservative, compute_stress)
-        out = self.embed(batch, inputs.model_positions, inputs.model_cell)
+        out = self.embed(batch, inputs.model_positions, inputs.model_cell,
+                         edge_embedding=self._head_of_kind("direct_forces") is not None)
         head_inputs = HeadInputs(out, batch.numbers, batch.atom_batch, batch.num_structures, compute_forces)
         results: dict[str, torch.Tensor] = {}
         for head in self.heads.values():
