@@ -238,7 +238,7 @@ def scaled_variance_ratios(model, atoms, batch_size):
     try:
         with torch.no_grad():
             for start in range(0, len(atoms), batch_size):
-                model(batch_from_atoms(atoms[start:start + batch_size], model.graph_settings), compute_forces=False)
+                model.embed(batch_from_atoms(atoms[start:start + batch_size], model.graph_settings))
     finally:
         for layer in scale_factors(model).values():
             layer.observer = None

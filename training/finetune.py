@@ -214,7 +214,8 @@ def fit_scratch_scales(model: FineTunedModel, train_set, config: FinetuneConfig)
     as pre-training does before it starts (GemNet-OC trains poorly with all factors at 1)."""
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=False, collate_fn=collate)
     batches = [atoms_batch for (atoms_batch, _), _ in zip(loader, range(config.scale_fit_batches))]
-    fit_scale_factors(model, batches, lambda m, b: m(b, compute_forces=False))
+    # the whole backbone, edge branch included: its factors are fitted even when no head reads it
+    fit_scale_factors(model, batches, lambda m, b: m.embed(b, edge_embedding=True))
 
 
 def _resume_state(last: Path) -> dict:
