@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -29,22 +28,12 @@ import time
 
 
 def machine_line(threads: int) -> str:
+    """backbone_speed.py's machine line, with the thread count the cases run with."""
     import torch
+    from backbone_speed import machine
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            mem = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) / 2**20
-    except (OSError, StopIteration):
-        mem = float("nan")
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"# machine: {cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM; torch {torch.__version__} "
-            f"with {threads} threads, python {platform.python_version()}; load average {load}")
+    torch.set_num_threads(threads)
+    return f"# machine: {machine()}"
 
 
 def child(args) -> dict:
