@@ -60,6 +60,9 @@ ANTICIPATED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
               help="Write last.ckpt every N optimiser steps (default: every 10 minutes, and after every epoch).")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out from its last.ckpt.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars.")
+@click.option("--memory", type=click.Choice(["auto", "fast", "lean"]),
+              help="lean: interactions in chunks, recomputed in backward (same numbers, a fraction of the memory, "
+                   "slower); auto (default): lean for large structures only.")
 def finetune(config, **options):
     """Fine-tune a JMP backbone; CONFIG is a YAML file whose settings the options override.
     Graph settings (cutoff, max_neighbors, tags, qint_tags) default to the parent's."""

@@ -135,6 +135,7 @@ def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None)
         missing, unexpected = model.load_state_dict(parent.state, strict=False)
         if unexpected or any(k.split(".")[0] != "heads" for k in missing):
             raise ValueError(f"parent weights do not fit: missing {missing}, unexpected {unexpected}")
+    model.memory = config.memory  # a runtime setting: not saved in the model file
     return model, {"statistics": stats, "element_references": references, "elements": elements,
                    "graph_sources": sources}
 
@@ -235,7 +236,8 @@ def describe_settings(model: FineTunedModel, sources: dict, config: FinetuneConf
             f"({cfg.provenance.get('parent_kind', 'random weights')}); graphs: cutoff {cfg.cutoff:g} Å "
             f"({s['cutoff']}), max_neighbors {cfg.max_neighbors} ({s['max_neighbors']}), tags {cfg.tags} "
             f"({s['tags']}), qint_tags {tuple(cfg.backbone.qint_tags)} ({s['qint_tags']}); quadruplet basis "
-            f"{basis}; heads {[h.name for h in cfg.heads]}; {len(frozen)} parameter tensors outside the loss frozen")
+            f"{basis}, {cfg.neighbor_order} neighbour order; memory {model.memory}; heads "
+            f"{[h.name for h in cfg.heads]}; {len(frozen)} parameter tensors outside the loss frozen")
 
 
 def run_finetune(config: FinetuneConfig | dict) -> dict:

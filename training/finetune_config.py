@@ -70,6 +70,7 @@ class FinetuneConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     progress: bool = True
+    memory: str = "auto"  # "auto" | "fast" | "lean": lean chunks and recomputes the interactions (same numbers, less memory, slower)
 
     @classmethod
     def from_dict(cls, values: dict) -> "FinetuneConfig":
@@ -128,6 +129,8 @@ class FinetuneConfig:
             raise ValueError(f"--tags must be one of {list(TAG_RULES)}, got {self.tags!r}")
         if self.qint_tags is not None:
             self.qint_tags = parse_qint_tags(self.qint_tags)
+        if self.memory not in ("auto", "fast", "lean"):
+            raise ValueError(f"--memory must be auto, fast or lean, got {self.memory!r}")
         if not 0 < float(self.val_fraction) < 1:
             raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
 
