@@ -13,7 +13,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.data import chemical_symbols
 from torch import nn
 
-from jmp_ase import keys
+import jmp_ase.keys as keys
 from jmp_ase.data.batch import atoms_arrays, batch_from_atoms
 from jmp_ase.data.graphs import GraphSettings, validate_structure
 from jmp_ase.nn.backbone import with_memory_mode

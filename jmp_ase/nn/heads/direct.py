@@ -3,7 +3,7 @@ unit vector, as JMP pre-trains them. Not a derivative of any energy (no stress, 
 conservation); for very large systems where -dE/dr does not fit."""
 from __future__ import annotations
 
-from jmp_ase import keys
+import jmp_ase.keys as keys
 from jmp_ase.nn.heads.base import Head, HeadInputs, direct_forces, register_head
 
 

@@ -2,7 +2,7 @@
 turns it into forces and stress by autograd (:mod:`jmp_ase.nn.derivatives`)."""
 from __future__ import annotations
 
-from jmp_ase import keys
+import jmp_ase.keys as keys
 from jmp_ase.nn.heads.base import Head, HeadInputs, register_head
 
 
