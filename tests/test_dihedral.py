@@ -25,10 +25,11 @@ ELEMENTS = [1, 6, 8, 29]
 CKPT = "jmp-tiny-pretrain.ckpt"
 
 
-def model(smooth: bool, max_neighbors: int = 100) -> FineTunedModel:
+def model(smooth: bool, max_neighbors: int = 100, damping: float = 0.0) -> FineTunedModel:
     net = tiny_model(seed=3, cutoff=4.0, max_neighbors=max_neighbors, elements=ELEMENTS, energy_scale=1.0)
     if smooth:
-        config = dataclasses.replace(net.model_config, backbone=dataclasses.replace(net.config, smooth_dihedral=True))
+        backbone = dataclasses.replace(net.config, smooth_dihedral=True, dihedral_damping=damping)
+        config = dataclasses.replace(net.model_config, backbone=backbone)
         smooth_net = FineTunedModel(config)
         smooth_net.load_state_dict(net.state_dict())
         net = smooth_net.eval()
@@ -104,6 +105,32 @@ def test_smooth_basis_is_the_damped_legendre_basis():
     assert torch.allclose(legendre_basis(cos_angle, 5), legendre_basis(cos_angle, 5, torch.ones(50, dtype=torch.float64)))
 
 
+def test_damped_basis_is_jmps_basis_away_from_collinearity():
+    """With ε the m-th dihedral term is weighted by (s1 s2 / sqrt((s1² + ε²)(s2² + ε²)))^m, s = |n|:
+    about JMP's basis where both triplets are bent well beyond ε, zero where a normal vanishes."""
+    gen = torch.Generator().manual_seed(1)
+    n1, n2 = torch.randn(40, 3, generator=gen, dtype=torch.float64), torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    n1 = n1 / n1.norm(dim=1, keepdim=True) * torch.rand(40, 1, generator=gen, dtype=torch.float64)
+    n2 = n2 / n2.norm(dim=1, keepdim=True) * torch.rand(40, 1, generator=gen, dtype=torch.float64)
+    cos_angle = torch.rand(40, generator=gen, dtype=torch.float64) * 2 - 1
+    radial = lambda d: d[:, None]  # noqa: E731 - only the angular part is compared
+    eps = 0.15
+    damped = SphericalBasisLayer(5, radial, smooth=True, damping=eps).angular(cos_angle, n1, n2)
+    plain = SphericalBasisLayer(5, radial, smooth=False).angular(cos_angle, n1, n2)
+    s1, s2 = n1.norm(dim=1), n2.norm(dim=1)
+    weight = (s1 * s2 / ((s1**2 + eps**2) * (s2**2 + eps**2)).sqrt())[:, None] ** torch.arange(5, dtype=torch.float64)
+    assert torch.allclose(damped, (plain.reshape(40, 5, 5) * weight[:, None, :]).reshape(40, 25), atol=1e-12)
+    # bent well beyond ε: much closer to JMP's values than the sin-damped basis
+    sin_damped = SphericalBasisLayer(5, radial, smooth=True).angular(cos_angle, n1, n2)
+    far = (s1 > 0.5) & (s2 > 0.5)
+    assert far.sum() >= 5
+    assert (damped - plain)[far].abs().max() < 0.3 * (sin_damped - plain)[far].abs().max()
+    # a vanished normal keeps only the m = 0 terms, as the undamped smooth basis does
+    zero = torch.zeros(1, 3, dtype=torch.float64)
+    at_zero = SphericalBasisLayer(5, radial, smooth=True, damping=eps).angular(cos_angle[:1], zero, n2[:1])
+    assert torch.allclose(at_zero.reshape(5, 5)[:, 1:], torch.zeros(5, 4, dtype=torch.float64))
+
+
 def bent(theta: float) -> Atoms:
     """A 4-atom chain whose first triplet is bent by ``theta`` (rad) out of line, in a plane
     30° from the last triplet's: the dihedral is 60° on one side of θ = 0 and 120° on the other."""
@@ -114,13 +141,14 @@ def bent(theta: float) -> Atoms:
     return atoms
 
 
-def test_smooth_energy_is_continuous_through_collinearity_and_jmp_is_not():
+@pytest.mark.parametrize("damping", [0.0, 0.15])
+def test_smooth_energy_is_continuous_through_collinearity_and_jmp_is_not(damping):
     def jump(calc, t):
         """Largest energy change between the collinear chain and the chain bent by ±t rad."""
         e0 = energy(calc, bent(0.0))
         return max(abs(energy(calc, bent(s * t)) - e0) for s in (1, -1))
 
-    smooth = JMPCalculator(model(smooth=True), dtype="float64")
+    smooth = JMPCalculator(model(smooth=True, damping=damping), dtype="float64")
     plain = JMPCalculator(model(smooth=False), dtype="float64")
     # continuous: the change vanishes with the bend
     assert jump(smooth, 1e-7) < 0.05 * jump(smooth, 1e-5)
@@ -129,10 +157,11 @@ def test_smooth_energy_is_continuous_through_collinearity_and_jmp_is_not():
     assert jump(plain, 1e-7) > 100 * jump(smooth, 1e-7)
 
 
-def test_smooth_forces_stay_bounded_near_symmetry_and_match_finite_differences():
+@pytest.mark.parametrize("damping", [0.0, 0.15])
+def test_smooth_forces_stay_bounded_near_symmetry_and_match_finite_differences(damping):
     """Perfect Cu (no neighbour truncation): |F| at a 1e-6 Å rattle stays at its size at exact
     symmetry, and -dE/dr agrees with central differences 1e-3 Å from collinearity."""
-    smooth = JMPCalculator(model(smooth=True), dtype="float64")
+    smooth = JMPCalculator(model(smooth=True, damping=damping), dtype="float64")
     plain = JMPCalculator(model(smooth=False), dtype="float64")
     cu = copper()
     exact = max(max_force(smooth, cu), 1e-8)
@@ -153,10 +182,11 @@ def test_smooth_forces_stay_bounded_near_symmetry_and_match_finite_differences()
 
 
 def test_smooth_setting_round_trips_through_the_model_file(tmp_path):
-    net = model(smooth=True)
+    net = model(smooth=True, damping=0.15)
     save_model(net, tmp_path / "m.ckpt")
     loaded = load_model(tmp_path / "m.ckpt")
     assert loaded.config.smooth_dihedral is True
+    assert loaded.config.dihedral_damping == 0.15
     atoms = rattled(copper(), 0.05)
     assert energy(JMPCalculator(loaded, dtype="float64"), atoms) == pytest.approx(
         energy(JMPCalculator(net, dtype="float64"), atoms), abs=1e-9)

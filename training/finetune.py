@@ -35,6 +35,7 @@ from jmp_ase.data.graphs import GraphSettings
 from jmp_ase.io.model_file import load_model
 from jmp_ase.nn.heads import HeadSpec
 from jmp_ase.keys import ENERGY_AND_DERIVATIVES
+from jmp_ase.nn.config import basis_description
 from jmp_ase.nn.model import FineTunedModel, ModelConfig
 
 from jmp_ase.training.checkpoints import AtomicCheckpointIO, EpochStepCheckpoint, keep_rows
@@ -125,7 +126,8 @@ def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None)
     if config.fit_references and all("energy" in lab for _, lab in labels):
         references = fit_element_references([lab["energy"] for _, lab in labels], [n for n, _ in labels], elements)
     stats = dataset_statistics(labels, references)
-    backbone = dataclasses.replace(backbone, smooth_dihedral=smooth_dihedral_setting(config))
+    backbone = dataclasses.replace(backbone, smooth_dihedral=smooth_dihedral_setting(config),
+                                   dihedral_damping=float(config.dihedral_damping))
     model_config = ModelConfig(backbone, build_heads(config, stats, references), cutoff=settings.cutoff,
                                max_neighbors=settings.max_neighbors, tags=settings.tags,
                                neighbor_order=settings.neighbor_order, elements=elements,
@@ -231,7 +233,7 @@ def _resume_state(last: Path) -> dict:
 def describe_settings(model: FineTunedModel, sources: dict, config: FinetuneConfig, frozen: list[str]) -> str:
     cfg = model.model_config
     s = sources
-    basis = "smooth" if cfg.backbone.smooth_dihedral else "JMP's exact dihedral"
+    basis = basis_description(cfg.backbone)
     return (f"jmp-train finetune: parent {cfg.provenance.get('parent')} "
             f"({cfg.provenance.get('parent_kind', 'random weights')}); graphs: cutoff {cfg.cutoff:g} Å "
             f"({s['cutoff']}), max_neighbors {cfg.max_neighbors} ({s['max_neighbors']}), tags {cfg.tags} "

@@ -4,7 +4,7 @@ JMP's exact dihedral and with the smooth basis, over several seeds, and compare 
     python benchmarks/mini_jmp/dihedral_seeds.py --data ../shared/data/mini-jmp --seeds 1 2 --lanes 2
 
 Each run is tasks.yaml's recipe for the task (at its first learning rate unless --lr), from the
-shipped ``jmp-mini``, in its own process with one thread; only ``smooth_dihedral`` and ``seed``
+shipped ``jmp-mini``, in its own process with one thread; only the basis options and ``seed``
 differ. Prints one line per run and the mean per basis, and writes ``dihedral_seeds.json`` to
 --out.
 """
@@ -51,12 +51,26 @@ def run_one(cfg: dict, folder: Path, test_file: str) -> dict:
     return {"energy_mae": metrics["energy_mae"], "forces_mae": metrics["forces_mae"], "wall_s": wall}
 
 
+def basis_options(basis: str) -> dict:
+    """Fine-tuning options of a basis name: ``jmp``, ``smooth`` or ``smooth-EPS``."""
+    if basis == "jmp":
+        return {"smooth_dihedral": False}
+    if basis == "smooth":
+        return {"smooth_dihedral": True, "dihedral_damping": 0.0}
+    if basis.startswith("smooth-"):
+        return {"smooth_dihedral": True, "dihedral_damping": float(basis.split("-", 1)[1])}
+    raise SystemExit(f"Error: unknown basis {basis!r} (jmp, smooth or smooth-EPS)")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="the mini-JMP corpus")
     p.add_argument("--task", default="aspirin-1000", help="a task of tasks.yaml")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--lr", type=float, default=None, help="default: the task's first learning rate")
+    p.add_argument("--bases", nargs="+", default=["jmp", "smooth"],
+                   help="quadruplet bases to compare: jmp, smooth, or smooth-EPS (smooth with "
+                        "dihedral_damping EPS, e.g. smooth-0.15)")
     p.add_argument("--lanes", type=int, default=2, help="runs at a time")
     p.add_argument("--out", type=Path, default=Path("runs/dihedral-seeds"))
     args = p.parse_args(argv)
@@ -66,28 +80,27 @@ def main(argv=None) -> None:
     test_file = str(args.data.resolve() / task["test"])
     jobs = []
     for seed in args.seeds:
-        for smooth in (False, True):
-            folder = args.out / f"{'smooth' if smooth else 'jmp'}-seed{seed}"
+        for basis in args.bases:
+            folder = args.out / f"{basis}-seed{seed}"
             cfg = finetune_config(task, spec["common"], args.data.resolve(), folder, lr, False, "jmp-mini")
-            cfg.update(pretrained="jmp-mini", ema=False, smooth_dihedral=smooth, seed=seed)
-            jobs.append((smooth, seed, cfg, folder))
+            cfg.update(pretrained="jmp-mini", ema=False, seed=seed, **basis_options(basis))
+            jobs.append((basis, seed, cfg, folder))
 
     def go(job):
-        smooth, seed, cfg, folder = job
+        basis, seed, cfg, folder = job
         result = run_one(cfg, folder, test_file)
-        print(f"{'smooth' if smooth else 'jmp   '} seed {seed}: {result}", flush=True)
-        return smooth, seed, result
+        print(f"{basis:>12} seed {seed}: {result}", flush=True)
+        return basis, seed, result
 
     with ThreadPoolExecutor(args.lanes) as pool:
         results = list(pool.map(go, jobs))
     summary = {}
-    for smooth in (False, True):
-        rows = [r for s, _, r in results if s == smooth and "error" not in r]
-        name = "smooth" if smooth else "jmp"
+    for name in args.bases:
+        rows = [r for b, _, r in results if b == name and "error" not in r]
         summary[name] = {k: statistics.mean(r[k] for r in rows) for k in ("energy_mae", "forces_mae") if rows}
         print(f"{name}: mean over {len(rows)} seeds: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[name].items()))
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "task": args.task, "lr": lr,
-              "runs": [{"smooth": s, "seed": seed, **r} for s, seed, r in results], "mean": summary}
+              "runs": [{"basis": b, "seed": seed, **r} for b, seed, r in results], "mean": summary}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dihedral_seeds.json").write_text(json.dumps(report, indent=1))
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from jmp_ase._version import __version__
+from jmp_ase.nn.config import BackboneConfig, basis_description
 from jmp_ase.nn.model import FineTunedModel, ModelConfig
 
 FORMAT = "jmp-ase-model"
@@ -251,16 +252,18 @@ def model_settings(model: str | os.PathLike) -> list[str]:
     path = resolve_model_path(model)
     content = _read(path)
 
-    def line(name, cutoff, max_neighbors, tags, smooth, order="jmp"):
-        basis = "smooth (sin-damped)" if smooth else "JMP's exact dihedral"
+    def line(name, cutoff, max_neighbors, tags, backbone: BackboneConfig, order="jmp"):
+        basis = basis_description(backbone)
         return (f"{name}: cutoff {cutoff} Å, max_neighbors {max_neighbors} ({order} order), tags {tags}, "
                 f"quadruplet basis {basis}")
 
     hparams = jmp_ase_hparams(content.get("hyper_parameters") if isinstance(content, dict) else None)
     if hparams is not None:
-        smooth = bool((hparams.get("backbone") or {}).get("smooth_dihedral", False))
-        return [line(f"head {t.get('name')}", t.get("cutoff"), t.get("max_neighbors"), t.get("tags", "auto"), smooth)
+        values = hparams.get("backbone") or {}
+        backbone = BackboneConfig(smooth_dihedral=bool(values.get("smooth_dihedral", False)),
+                                  dihedral_damping=float(values.get("dihedral_damping", 0.0)))
+        return [line(f"head {t.get('name')}", t.get("cutoff"), t.get("max_neighbors"), t.get("tags", "auto"), backbone)
                 for t in hparams.get("tasks", [])]
     config = ModelConfig.from_dict(check_content(content, str(path))["config"])
-    return [line("model", config.cutoff, config.max_neighbors, config.tags, config.backbone.smooth_dihedral,
+    return [line("model", config.cutoff, config.max_neighbors, config.tags, config.backbone,
                  config.neighbor_order)]

@@ -111,14 +111,19 @@ class SphericalBasisLayer(nn.Module):
     there. With ``smooth`` the m-th dihedral term is weighted by (sin θ_cab sin θ_abd)^m, as in
     real spherical harmonics: Y_m0 is evaluated on its homogeneous form in n_cab·n_abd and
     |n_cab|²|n_abd|², a polynomial in the unit vectors, so energy and forces are smooth
-    everywhere and the m = 0 terms are all that remain at collinearity.
+    everywhere and the m = 0 terms are all that remain at collinearity. ``damping`` = ε > 0
+    first maps each normal to n / sqrt(|n|² + ε²) (a smooth map), so the weight becomes
+    (sin θ / sqrt(sin² θ + ε²))^m per normal: close to 1, and the basis close to JMP's, unless a
+    triplet is within about ε radians of collinear.
     """
 
-    def __init__(self, num_spherical: int, radial_basis: RadialBasis, smooth: bool = False):
+    def __init__(self, num_spherical: int, radial_basis: RadialBasis, smooth: bool = False,
+                 damping: float = 0.0):
         super().__init__()
         self.num_spherical = num_spherical
         self.radial_basis = radial_basis
         self.smooth = smooth
+        self.damping = float(damping)
 
     def forward(self, distance: torch.Tensor, cos_angle: torch.Tensor, normal_cab: torch.Tensor,
                 normal_abd: torch.Tensor):
@@ -130,6 +135,9 @@ class SphericalBasisLayer(nn.Module):
         """The angular part alone: (Q,), (Q, 3), (Q, 3) -> (Q, num_spherical**2)."""
         first = legendre_basis(cos_angle, self.num_spherical)
         if self.smooth:
+            if self.damping > 0:
+                normal_cab = damp_normal(normal_cab, self.damping)
+                normal_abd = damp_normal(normal_abd, self.damping)
             scale_sq = normal_cab.square().sum(-1) * normal_abd.square().sum(-1)
             second = legendre_basis((normal_cab * normal_abd).sum(-1), self.num_spherical, scale_sq)
         else:
@@ -177,6 +185,12 @@ class QuadrupletBasisChunks:
             sph = torch.where(valid.reshape(-1, 1), sph, torch.zeros_like(sph)).reshape(shape + (-1,))
         rad_w = self.embedding.radial(self.rad[start:stop], sph.shape[-1])
         return rad_w, sph.transpose(1, 2), trip_in
+
+
+def damp_normal(normal: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """n / sqrt(|n|² + ε²) for (n, 3) normals: smooth in n, length below 1, about n / |n| when
+    |n| >> ε and about n / ε near 0."""
+    return normal * torch.rsqrt(normal.square().sum(-1, keepdim=True) + epsilon * epsilon)
 
 
 def cos_between(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -236,7 +250,8 @@ class Bases(nn.Module):
 
         self.radial_basis = radial()
         self.cbf_basis_qint = circular()
-        self.sbf_basis_qint = SphericalBasisLayer(c.num_spherical, radial(), smooth=c.smooth_dihedral)
+        self.sbf_basis_qint = SphericalBasisLayer(c.num_spherical, radial(), smooth=c.smooth_dihedral,
+                                                  damping=c.dihedral_damping)
         self.radial_basis_aeaint = radial()
         self.cbf_basis_aeint = circular()
         self.cbf_basis_eaint = circular()

@@ -51,6 +51,12 @@ class BackboneConfig:
     forces are continuous where three atoms are collinear (crystals, slabs, aromatic rings).
     False computes JMP's function exactly (needed to reproduce the published weights);
     fine-tuning with conservative forces turns it on (see ``jmp_ase.nn.bases.SphericalBasisLayer``)."""
+    dihedral_damping: float = 0.0
+    """ε of the smooth basis (used only with ``smooth_dihedral``): each triplet normal n (|n| = sin
+    of its angle) enters as n / sqrt(|n|² + ε²), so the m-th dihedral term is damped by
+    (sin θ_cab sin θ_abd / sqrt((sin² θ_cab + ε²)(sin² θ_abd + ε²)))^m. That factor is about 1 away
+    from collinearity (JMP's values, which the pre-trained weights know) and goes to 0 smoothly at
+    it; forces stay bounded by ~1/ε. 0 damps by (sin θ_cab sin θ_abd)^m everywhere."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python dict (safe for ``torch.load(weights_only=True)``)."""
@@ -111,6 +117,15 @@ class BackboneConfig:
         if jmp_config.get("absolute_rbf_cutoff") is None:
             raise ValueError("JMP config without absolute_rbf_cutoff is not supported")
         return cls.from_dict(values)
+
+
+def basis_description(config: BackboneConfig) -> str:
+    """The quadruplet basis in words, for start-up lines and ``jmp-train info``."""
+    if not config.smooth_dihedral:
+        return "JMP's exact dihedral"
+    if config.dihedral_damping > 0:
+        return f"smooth (ε {config.dihedral_damping:g})"
+    return "smooth (sin-damped)"
 
 
 def jmp_s() -> BackboneConfig:
