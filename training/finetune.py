@@ -42,6 +42,7 @@ from jmp_ase.training.checkpoints import AtomicCheckpointIO, EpochStepCheckpoint
 from jmp_ase.training.data import DatasetSpec, collate, dataset_statistics, fit_element_references, split_by_fraction
 from jmp_ase.training.ema import EMA
 from jmp_ase.training.finetune_config import FinetuneConfig
+from jmp_ase.training.head_init import head_specs_for_start, start_energy_head
 from jmp_ase.training.finetune_module import ErrorSums, FinetuneModule, StepRows, throughput
 from jmp_ase.training.losses import compute_losses
 from jmp_ase.training.parent import Parent, graph_settings, load_parent, parent_of, unseen_elements
@@ -128,7 +129,10 @@ def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None)
     stats = dataset_statistics(labels, references)
     backbone = dataclasses.replace(backbone, smooth_dihedral=smooth_dihedral_setting(config),
                                    dihedral_damping=float(config.dihedral_damping))
-    model_config = ModelConfig(backbone, build_heads(config, stats, references), cutoff=settings.cutoff,
+    heads = build_heads(config, stats, references)
+    if config.init_energy_head:
+        heads = head_specs_for_start(heads, parent, config.init_energy_head)
+    model_config = ModelConfig(backbone, heads, cutoff=settings.cutoff,
                                max_neighbors=settings.max_neighbors, tags=settings.tags,
                                neighbor_order=settings.neighbor_order, elements=elements,
                                provenance=dict(parent.provenance))
@@ -138,8 +142,10 @@ def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None)
         if unexpected or any(k.split(".")[0] != "heads" for k in missing):
             raise ValueError(f"parent weights do not fit: missing {missing}, unexpected {unexpected}")
     model.memory = config.memory  # a runtime setting: not saved in the model file
-    return model, {"statistics": stats, "element_references": references, "elements": elements,
-                   "graph_sources": sources}
+    info = {"statistics": stats, "element_references": references, "elements": elements, "graph_sources": sources}
+    if config.init_energy_head:
+        info["energy_head_start"] = start_energy_head(model, parent, config.init_energy_head, train_set)
+    return model, info
 
 
 def freeze_unused(model: FineTunedModel, batch, config: FinetuneConfig) -> list[str]:
@@ -259,6 +265,11 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
     if unseen:
         say(f"warning: elements {unseen} are in the training data but the parent never saw them in training: "
             "their embedding rows are untrained (fine-tuning starts them from random values)")
+    start = info.get("energy_head_start")
+    if start:
+        say(f"energy head: starts from pre-training head {start['head']!r}; zero-shot energy MAE "
+            f"{1000 * start['zero_shot_energy_mae']:.1f} meV, {1000 * start['offset_energy_mae']:.1f} meV after "
+            "the per-element offset (fitted on the first training structures)")
     scales = loss_scales(info["statistics"], config.targets)
     provenance = {**model.model_config.provenance, "ema": bool(config.ema), "targets": list(config.targets),
                   "data": {"train": config.train, "val": config.val or f"{config.val_fraction} of train",
@@ -267,7 +278,8 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
                                      "tags": settings.tags, "qint_tags": list(settings.qint_tags),
                                      "from": dict(sources)},
                   "statistics": info["statistics"], "loss_scales": scales,
-                  **({"unseen_elements": unseen} if unseen else {})}
+                  **({"unseen_elements": unseen} if unseen else {}),
+                  **({"energy_head_start": {k: v for k, v in start.items() if k != "offsets"}} if start else {})}
     if model.model_config.provenance.get("parent") == "scratch" and config.scale_fit_batches and saved is None:
         fit_scratch_scales(model, datasets["train"], config)
     probe = collate([datasets["train"][i] for i in range(min(2, len(datasets["train"])))])

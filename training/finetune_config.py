@@ -38,6 +38,7 @@ class FinetuneConfig:
     qint_tags: list | None = None  # tags of the atoms in the quadruplet graph (the backbone's setting)
     smooth_dihedral: bool | None = None  # smooth quadruplet basis; None: on with conservative forces
     dihedral_damping: float = 0.0  # ε of the smooth basis (BackboneConfig.dihedral_damping)
+    init_energy_head: str | None = None  # start the energy head from this pre-training head of the parent (head_init.py)
     force_error_limit: float = 100.0  # stop when a structure's force error exceeds this many force-label RMS
     loss_weights: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 1.0})
     lr: float = 1e-4

@@ -55,6 +55,9 @@ class HeadSpec:
     shift: float = 0.0
     element_references: dict[int, float] = field(default_factory=dict)
     units: str = "eV"
+    mlp_bias: bool = False
+    """A bias on the MLP's first layer, as JMP's pre-training energy heads have (set when the
+    head starts from one of them); new heads have none, as in JMP's fine-tuning."""
 
     def __post_init__(self):
         if self.kind not in HEAD_TYPES:
@@ -111,7 +114,7 @@ class Head(nn.Module):
     def __init__(self, spec: HeadSpec, emb_size: int, num_elements: int, activation: str = "scaled_silu"):
         super().__init__()
         self.spec = spec
-        self.mlp = energy_mlp(emb_size, activation)
+        self.mlp = energy_mlp(emb_size, activation, bias=spec.mlp_bias)
         refs = torch.zeros(num_elements + 1)
         for z, value in spec.element_references.items():
             refs[z] = value
@@ -161,9 +164,9 @@ def mlp(sizes: list[int], activation: str = "scaled_silu", bias: bool = True) ->
     return nn.Sequential(*layers)
 
 
-def energy_mlp(emb_size: int, activation: str = "scaled_silu") -> nn.Sequential:
-    """Fine-tuning energy MLP: Linear(d, d, no bias) -> act -> Linear(d, 1, no bias)."""
-    return mlp([emb_size, emb_size, 1], activation, bias=False)
+def energy_mlp(emb_size: int, activation: str = "scaled_silu", bias: bool = False) -> nn.Sequential:
+    """Fine-tuning energy MLP: Linear(d, d, no bias unless ``bias``) -> act -> Linear(d, 1, no bias)."""
+    return mlp([emb_size, emb_size, 1], activation, bias=bias)
 
 
 def sum_per_structure(per_atom: torch.Tensor, atom_batch: torch.Tensor, num_structures: int) -> torch.Tensor:

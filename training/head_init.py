@@ -1,0 +1,76 @@
+"""Start the fine-tuning energy head from one of the parent's pre-training energy heads
+(``init_energy_head`` in the config), instead of a new random head as JMP does.
+
+The head takes the pre-training head's MLP weights (its first layer has a bias, as JMP's
+pre-training heads do) and its de-normalisation (scale = that task's energy_std, element
+references in eV). The data's level of theory may differ from the pre-training task's by a
+per-element offset: it is fitted by least squares to the labels minus the head's zero-shot
+energies on the first training structures, and added to the references. The run starts where
+the pre-trained head stands (its zero-shot error is printed), not at random.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from jmp_ase.nn.heads import HeadSpec
+from jmp_ase.nn.model import FineTunedModel
+from jmp_ase.training.data import collate, fit_element_references
+from jmp_ase.training.parent import Parent
+
+#: training structures whose zero-shot energies fix the per-element offset
+NUM_OFFSET_STRUCTURES = 64
+
+
+def _energy_head(parent: Parent, name: str):
+    if not parent.energy_heads:
+        raise ValueError(f"init_energy_head {name!r}: the parent states no pre-training energy heads with their "
+                         "normalisation (only jmp-train pretrain files and shipped pre-trained models such as "
+                         "jmp-mini do)")
+    if name not in parent.energy_heads:
+        raise ValueError(f"init_energy_head {name!r}: the parent's pre-training heads are {sorted(parent.energy_heads)}")
+    return parent.energy_heads[name]
+
+
+def head_specs_for_start(heads: list[HeadSpec], parent: Parent, name: str) -> list[HeadSpec]:
+    """``heads`` with the energy head set up to take pre-training head ``name``'s weights."""
+    _, energy_std, references = _energy_head(parent, name)
+    if not any(h.kind == "energy" for h in heads):
+        raise ValueError(f"init_energy_head {name!r}: the run has no energy head (targets without energy or forces)")
+    return [dataclasses.replace(h, mlp_bias=True, scale=energy_std, shift=0.0, element_references=dict(references))
+            if h.kind == "energy" else h for h in heads]
+
+
+@torch.no_grad()
+def start_energy_head(model: FineTunedModel, parent: Parent, name: str, train_set) -> dict:
+    """Load pre-training head ``name`` into ``model``'s energy head (built by
+    :func:`head_specs_for_start`) and fit the per-element offset on the training labels.
+    Returns the zero-shot energy MAE (eV) before and after the offset, and the offsets."""
+    state, _, _ = _energy_head(parent, name)
+    head = next(h for h in model.heads.values() if h.spec.kind == "energy")
+    head.mlp.load_state_dict(state)
+    count = min(len(train_set), NUM_OFFSET_STRUCTURES)
+    samples = [train_set[i] for i in range(count)]
+    if any("energy" not in s.labels for s in samples):
+        raise ValueError(f"init_energy_head {name!r}: the training structures need energy labels")
+    was_training = model.training
+    model.eval()
+    predicted = []
+    for start in range(0, count, 8):
+        batch, _ = collate(samples[start:start + 8])
+        predicted.append(model(batch, compute_forces=False)["energy"].double().cpu())
+    model.train(was_training)
+    predicted = torch.cat(predicted).numpy()
+    labels = np.array([float(s.labels["energy"]) for s in samples])
+    numbers = [s.arrays["numbers"] for s in samples]
+    offsets = fit_element_references(labels - predicted, numbers)
+    references = dict(head.spec.element_references)
+    for z, value in offsets.items():
+        references[z] = references.get(z, 0.0) + value
+        head.element_references[z] = references[z]
+    head.spec.element_references = references
+    shift = np.array([sum(offsets[int(z)] for z in n) for n in numbers])
+    return {"head": name, "zero_shot_energy_mae": float(np.abs(labels - predicted).mean()),
+            "offset_energy_mae": float(np.abs(labels - predicted - shift).mean()), "offsets": offsets}
