@@ -89,14 +89,23 @@ def test_dihedral_angle_is_pi_half_without_gradient_where_a_normal_vanishes():
 
 
 # ----------------------------------------------------------------------- the smooth basis
+def random_angles(n: int, seed: int):
+    """Two (n, 3) triplet normals of random directions and lengths in [0, 1) and (n,) cosines."""
+    gen = torch.Generator().manual_seed(seed)
+    n1, n2 = (torch.randn(n, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    n1 = n1 / n1.norm(dim=1, keepdim=True) * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+    n2 = n2 / n2.norm(dim=1, keepdim=True) * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+    return n1, n2, torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1
+
+
+def radial(d):
+    """Stands in for the radial basis: only the angular part is compared."""
+    return d[:, None]
+
+
 def test_smooth_basis_is_the_damped_legendre_basis():
     """Away from collinearity: Y_m(cos φ) (sin θ_cab sin θ_abd)^m, the m = 0 terms unchanged."""
-    gen = torch.Generator().manual_seed(0)
-    n1, n2 = torch.randn(50, 3, generator=gen, dtype=torch.float64), torch.randn(50, 3, generator=gen, dtype=torch.float64)
-    n1 = n1 / n1.norm(dim=1, keepdim=True) * torch.rand(50, 1, generator=gen, dtype=torch.float64)
-    n2 = n2 / n2.norm(dim=1, keepdim=True) * torch.rand(50, 1, generator=gen, dtype=torch.float64)
-    cos_angle = torch.rand(50, generator=gen, dtype=torch.float64) * 2 - 1
-    radial = lambda d: d[:, None]  # noqa: E731 - only the angular part is compared
+    n1, n2, cos_angle = random_angles(50, seed=0)
     _, smooth = SphericalBasisLayer(5, radial, smooth=True)(torch.ones(1), cos_angle, n1, n2)
     _, plain = SphericalBasisLayer(5, radial, smooth=False)(torch.ones(1), cos_angle, n1, n2)
     damping = (n1.norm(dim=1) * n2.norm(dim=1))[:, None] ** torch.arange(5, dtype=torch.float64)
@@ -108,12 +117,7 @@ def test_smooth_basis_is_the_damped_legendre_basis():
 def test_damped_basis_is_jmps_basis_away_from_collinearity():
     """With ε the m-th dihedral term is weighted by (s1 s2 / sqrt((s1² + ε²)(s2² + ε²)))^m, s = |n|:
     about JMP's basis where both triplets are bent well beyond ε, zero where a normal vanishes."""
-    gen = torch.Generator().manual_seed(1)
-    n1, n2 = torch.randn(40, 3, generator=gen, dtype=torch.float64), torch.randn(40, 3, generator=gen, dtype=torch.float64)
-    n1 = n1 / n1.norm(dim=1, keepdim=True) * torch.rand(40, 1, generator=gen, dtype=torch.float64)
-    n2 = n2 / n2.norm(dim=1, keepdim=True) * torch.rand(40, 1, generator=gen, dtype=torch.float64)
-    cos_angle = torch.rand(40, generator=gen, dtype=torch.float64) * 2 - 1
-    radial = lambda d: d[:, None]  # noqa: E731 - only the angular part is compared
+    n1, n2, cos_angle = random_angles(40, seed=1)
     eps = 0.15
     damped = SphericalBasisLayer(5, radial, smooth=True, damping=eps).angular(cos_angle, n1, n2)
     plain = SphericalBasisLayer(5, radial, smooth=False).angular(cos_angle, n1, n2)
