@@ -1,5 +1,7 @@
 """The jmp-train command line: finetune (YAML + overrides, resume), evaluate, pretrain hook."""
 import csv
+import dataclasses
+import os
 import sys
 import types
 
@@ -12,6 +14,7 @@ from click.testing import CliRunner
 from jmp_ase import __version__
 from models import emt_clusters
 from jmp_ase.training.cli import main
+from jmp_ase.training.pretrain_config import PretrainConfig
 
 
 def write_clusters(path, n, seed):
@@ -47,6 +50,7 @@ def test_version():
 def test_finetune_command(run_dir):
     root, output = run_dir
     assert "best epoch: 0" in output and "meV/Å" in output
+    assert "; 1 CPU thread per process;" in output  # the start-up line: --threads defaults to 1
     assert "structures/s per process" in output and "waiting for data" in output
     header = open(root / "run" / "steps.csv").readline().strip().split(",")
     assert header == ["step", "epoch", "batch", "loss", "lr", "structures", "data_s", "step_s"]
@@ -87,8 +91,9 @@ def test_finetune_clear_errors(tmp_path):
 def test_evaluate_writes_csv_and_plot(run_dir, tmp_path):
     root, _ = run_dir
     result = CliRunner().invoke(main, ["evaluate", str(root / "run" / "model.ckpt"), str(root / "val.extxyz"),
-                                       "--out", str(tmp_path / "eval")])
+                                       "--out", str(tmp_path / "eval"), "--threads", "1"])
     assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "jmp-train evaluate: 1 CPU thread per process" in result.output
     assert "energy: MAE" in result.output and "meV" in result.output and "forces: MAE" in result.output
     rows = list(csv.DictReader(open(tmp_path / "eval" / "predictions.csv")))
     assert len(rows) == 4
@@ -99,6 +104,28 @@ def test_evaluate_writes_csv_and_plot(run_dir, tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(root / "run" / "model.ckpt"), str(root / "val.extxyz"),
                                        "--targets", "gap", "--out", str(tmp_path / "e2")])
     assert result.exit_code != 0 and "no label 'gap'" in result.output
+
+
+def test_threads_default_to_one_and_are_set_before_the_work(tmp_path, monkeypatch):
+    import torch
+
+    from jmp_ase.training.threads import use_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        assert use_threads(None) == 1 and torch.get_num_threads() == 1
+        assert use_threads(2) == 2 and torch.get_num_threads() == 2
+        assert os.environ["OMP_NUM_THREADS"] == "2"  # inherited by DDP and DataLoader worker processes
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert use_threads(None) == 3 and torch.get_num_threads() == 3  # what the user exported
+    finally:
+        torch.set_num_threads(before)
+    for command in (["finetune", "--scratch", "--train", "x.extxyz"], ["pretrain", __file__],
+                    ["evaluate", "jmp-mini", __file__]):
+        result = CliRunner().invoke(main, command + ["--threads", "0"])
+        assert result.exit_code == 1 and "Error: --threads must be at least 1, got 0" in result.output, command
 
 
 def test_pretrain_hook_calls_run_pretrain(tmp_path, monkeypatch):
@@ -116,15 +143,18 @@ def test_pretrain_hook_calls_run_pretrain(tmp_path, monkeypatch):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml")])
     assert result.exit_code == 0, result.output
-    assert seen == {"config": config, "resume": None}
+    assert seen == {"config": PretrainConfig.from_dict(config), "resume": None}
     assert "wrote pretrain.ckpt" in result.output
     result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml"), "--resume"])
     assert result.exit_code == 0 and seen["resume"] is True
     result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml"), "--devices", "2", "--strategy", "ddp",
                                        "--num-nodes", "3", "--checkpoint-every", "50"])
     assert result.exit_code == 0, result.output
-    assert seen["config"]["trainer"] == {"max_epochs": 2, "devices": 2, "strategy": "ddp", "num_nodes": 3,
-                                         "checkpoint_every_n_steps": 50}
+    trainer = PretrainConfig.from_dict(config).trainer
+    assert seen["config"].trainer == dataclasses.replace(trainer, devices=2, strategy="ddp", num_nodes=3,
+                                                         checkpoint_every_n_steps=50)
+    result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml"), "--num-nodes", "0"])
+    assert result.exit_code == 1 and "Error: --num-nodes must be positive" in result.output
 
 
 def test_pretrain_refuses_bad_input_before_training(tmp_path, monkeypatch):
@@ -134,7 +164,8 @@ def test_pretrain_refuses_bad_input_before_training(tmp_path, monkeypatch):
     write_clusters(tmp_path / "a.extxyz", 3, 0)
     out = tmp_path / "out"
     config = {"out_dir": str(out), "data": {"datasets": [{"name": "a", "train": str(tmp_path / "a.extxyz")},
-                                                          {"name": "b", "train": str(tmp_path / "b.extxyz")}]}}
+                                                          {"name": "b", "train": str(tmp_path / "b.extxyz")}]},
+              "trainer": {"max_steps": 1}}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "p.yaml")])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "'b'" in result.output

@@ -1,6 +1,7 @@
 """Multi-domain pre-training: sampler, loss, EMA, scale factors, edge dropout, export, NaN stop."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -264,10 +265,11 @@ def test_scale_factor_order_is_jmps(reference_dir):
 
 # ----------------------------------------------------------------------------- data preparation
 def _data(datasets, tmp_path, **overrides):
-    from jmp_ase.training.pretrain import backbone_config, resolve_config
+    from jmp_ase.training.pretrain import backbone_config
+    from jmp_ase.training.pretrain_config import PretrainConfig
     from jmp_ase.training.pretrain_data import PretrainData
 
-    cfg = resolve_config({**pretrain_config(datasets, tmp_path / "run"), **overrides})
+    cfg = PretrainConfig.from_dict({**pretrain_config(datasets, tmp_path / "run"), **overrides})
     bb = backbone_config(cfg)
     return cfg, bb, PretrainData(cfg, bb.qint_tags, bb.num_elements)
 
@@ -362,7 +364,7 @@ def test_nan_loss_stops_with_clear_message(datasets, tmp_path):
     from jmp_ase.training.pretrain import NonFiniteLossError, PretrainModule
 
     cfg, bb, data = _data(datasets, tmp_path)
-    hp = {"backbone": bb.to_dict(), "num_mlps": 2, "tasks": data.task_info, "optim": cfg["optim"]}
+    hp = {"backbone": bb.to_dict(), "num_mlps": 2, "tasks": data.task_info, "optim": dataclasses.asdict(cfg.optim)}
     module = PretrainModule(hp, data)
     with torch.no_grad():
         module.output.out_energy[1][0].weight.fill_(float("nan"))  # only the molecules' head breaks
@@ -379,12 +381,12 @@ def test_nan_loss_stops_with_clear_message(datasets, tmp_path):
 
 
 def test_config_errors_name_the_key(datasets, tmp_path):
-    from jmp_ase.training.pretrain import resolve_config
+    from jmp_ase.training.pretrain_config import PretrainConfig
 
     cfg = pretrain_config(datasets, tmp_path)
-    with pytest.raises(ValueError, match="trainer.'max_step'"):
-        resolve_config({**cfg, "trainer": {"max_step": 3}})
-    with pytest.raises(ValueError, match="cutof"):
-        resolve_config({**cfg, "data": {"datasets": [{"name": "x", "train": datasets["mols"], "cutof": 5}]}})
-    resolved = resolve_config({**cfg, "ema": None})
-    assert resolved["ema"] is None and resolved["optim"]["betas"] == [0.9, 0.95]
+    with pytest.raises(ValueError, match="unknown pre-training setting trainer.'max_step'"):
+        PretrainConfig.from_dict({**cfg, "trainer": {"max_step": 3}})
+    with pytest.raises(ValueError, match=r"data.datasets\[0\].'cutof'"):
+        PretrainConfig.from_dict({**cfg, "data": {"datasets": [{"name": "x", "train": datasets["mols"], "cutof": 5}]}})
+    resolved = PretrainConfig.from_dict({**cfg, "ema": None})
+    assert resolved.ema is None and resolved.optim.betas == [0.9, 0.95]

@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from jmp_ase._version import __version__
+from jmp_ase.training.threads import describe_threads, requested_threads, use_threads
 
 
 @click.group(name="jmp-train")
@@ -63,7 +64,9 @@ ANTICIPATED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
 @click.option("--memory", type=click.Choice(["auto", "fast", "lean"]),
               help="lean: interactions in chunks, recomputed in backward (same numbers, a fraction of the memory, "
                    "slower); auto (default): lean for large structures only.")
-def finetune(config, **options):
+@click.option("--threads", type=int,
+              help="CPU threads per process (default: OMP_NUM_THREADS if exported, else 1).")
+def finetune(config, threads, **options):
     """Fine-tune a JMP backbone; CONFIG is a YAML file whose settings the options override.
     Graph settings (cutoff, max_neighbors, tags, qint_tags) default to the parent's."""
     from jmp_ase.training.finetune_config import FinetuneConfig
@@ -71,8 +74,10 @@ def finetune(config, **options):
 
     options["devices"] = _devices(options["devices"])
     try:
+        requested_threads(threads)
         settings = FinetuneConfig.from_yaml(config, **options)
         preflight_finetune(settings)  # before torch and Lightning are imported: fails within a second
+        use_threads(threads)
         from jmp_ase.training.finetune import run_finetune
 
         summary = run_finetune(settings)
@@ -166,7 +171,9 @@ def refuse_unknown_elements(dataset, known: list[int] | None, data) -> None:
 @click.option("--allow-unknown-elements", is_flag=True,
               help="Evaluate structures with elements absent from the model's training data (refused by default, "
                    "as the calculator refuses them).")
-def evaluate(model, data, out, targets, batch_size, device, allow_unknown_elements):
+@click.option("--threads", type=int,
+              help="CPU threads per process (default: OMP_NUM_THREADS if exported, else 1).")
+def evaluate(model, data, out, targets, batch_size, device, allow_unknown_elements, threads):
     """Errors of MODEL (a model file or shipped name) on DATA; writes metrics.json, a CSV and a parity plot."""
     from jmp_ase.io.model_file import load_model
 
@@ -174,6 +181,7 @@ def evaluate(model, data, out, targets, batch_size, device, allow_unknown_elemen
     from jmp_ase.training.finetune import physical, predict_dataset
 
     try:
+        click.echo(f"jmp-train evaluate: {describe_threads(use_threads(threads))}", err=True)
         net = load_model(model)
         if targets:
             names = [t.strip() for t in targets.split(",") if t.strip()]
@@ -215,33 +223,21 @@ def evaluate(model, data, out, targets, batch_size, device, allow_unknown_elemen
 @click.option("--accelerator", help="cpu, gpu or auto; overrides trainer.accelerator.")
 @click.option("--checkpoint-every", type=int, help="last.ckpt every N optimiser steps; overrides "
                                                    "trainer.checkpoint_every_n_steps.")
-def pretrain(config, resume, **options):
+@click.option("--threads", type=int,
+              help="CPU threads per process (default: OMP_NUM_THREADS if exported, else 1).")
+def pretrain(config, resume, threads, **options):
     """Joint pre-training on several data sets, as configured in the YAML file CONFIG."""
-    import yaml
+    from jmp_ase.training.preflight import prepare_pretrain
 
     try:
-        settings = yaml.safe_load(Path(config).read_text()) or {}
-        if not isinstance(settings, dict):
-            raise ValueError(f"{config}: a pre-training config is a mapping of settings")
-        overrides = {"devices": _devices(options["devices"]), "num_nodes": options["num_nodes"],
-                     "strategy": options["strategy"], "accelerator": options["accelerator"],
-                     "checkpoint_every_n_steps": options["checkpoint_every"]}
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        if overrides:
-            trainer = settings.get("trainer") or {}
-            if not isinstance(trainer, dict):
-                raise ValueError(f"{config}: trainer must be a mapping of settings")
-            settings["trainer"] = {**trainer, **overrides}
-        for key in ("num_nodes", "checkpoint_every_n_steps"):
-            if key in overrides and overrides[key] < (1 if key == "num_nodes" else 0):
-                raise ValueError(f"--{key.replace('_n_steps', '').replace('_', '-')} must be positive")
-        from jmp_ase.training.preflight import preflight_pretrain
-
-        preflight_pretrain(settings, resume or None)  # before torch and Lightning are imported
+        settings = prepare_pretrain(config, resume or None, threads, devices=_devices(options["devices"]),
+                                    num_nodes=options["num_nodes"], strategy=options["strategy"],
+                                    accelerator=options["accelerator"],
+                                    checkpoint_every_n_steps=options["checkpoint_every"])
         from jmp_ase.training.pretrain import run_pretrain
 
         path = run_pretrain(settings, resume=resume or None)
-    except (*ANTICIPATED, yaml.YAMLError) as err:
+    except ANTICIPATED as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"wrote {path}")
 

@@ -47,6 +47,7 @@ from jmp_ase.training.parent import Parent, graph_settings, load_parent, parent_
 from jmp_ase.training.preflight import is_worker_process, preflight_finetune
 from jmp_ase.training.scaling import fit_scale_factors
 from jmp_ase.training.console import quiet_third_party
+from jmp_ase.training.threads import describe_threads
 
 __all__ = ["FinetuneConfig", "ErrorSums", "FinetuneModule", "build_model", "load_parent", "make_datasets",
            "predict_dataset", "run_finetune"]
@@ -236,7 +237,7 @@ def describe_settings(model: FineTunedModel, sources: dict, config: FinetuneConf
             f"({cfg.provenance.get('parent_kind', 'random weights')}); graphs: cutoff {cfg.cutoff:g} Å "
             f"({s['cutoff']}), max_neighbors {cfg.max_neighbors} ({s['max_neighbors']}), tags {cfg.tags} "
             f"({s['tags']}), qint_tags {tuple(cfg.backbone.qint_tags)} ({s['qint_tags']}); quadruplet basis "
-            f"{basis}, {cfg.neighbor_order} neighbour order; memory {model.memory}; heads "
+            f"{basis}, {cfg.neighbor_order} neighbour order; memory {model.memory}; {describe_threads(torch.get_num_threads())}; heads "
             f"{[h.name for h in cfg.heads]}; {len(frozen)} parameter tensors outside the loss frozen")
 
 
