@@ -197,6 +197,24 @@ def test_info_refuses_weights_that_do_not_fit(run_dir, tmp_path):
     assert good.exit_code == 0 and '"best_epoch"' in good.output
 
 
+def test_info_reads_the_model_file_once(monkeypatch):
+    import torch
+
+    reads = []
+    real = torch.load
+
+    def counting(*args, **kwargs):
+        reads.append(args[0] if args else kwargs.get("f"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    for name, expected in (("jmp-mini", "head "), ("jmp-mini-aspirin", "model: cutoff")):
+        reads.clear()
+        result = CliRunner().invoke(main, ["info", name])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        assert expected in result.output and len(reads) == 1, (name, reads)
+
+
 def test_evaluate_refuses_elements_the_model_never_saw(tmp_path):
     """jmp-mini-aspirin knows H, C, O: a labelled Cu cell is refused, as the calculator refuses it."""
     from ase.build import bulk, molecule

@@ -247,31 +247,21 @@ def pretrain(config, resume, threads, **options):
 def info(model):
     """How MODEL (a model file, pre-trained checkpoint or shipped name) was made: data, recipe,
     test errors. Without MODEL: the names of the shipped models."""
-    from jmp_ase.io.model_file import model_provenance, model_settings, shipped_models
+    from jmp_ase.io.model_file import shipped_models
 
     if model is None:
         click.echo("shipped models: " + ", ".join(shipped_models()))
         return
+    from jmp_ase.io.model_info import model_info
+
     try:
-        provenance = model_provenance(model)
-        settings = model_settings(model)
-        _check_weights(model)
+        found = model_info(model)  # one read of the file; refuses weights that do not fit, as the calculator
     except ANTICIPATED as err:
         raise click.ClickException(str(err)) from None
-    for line in settings:
+    for line in found.settings:
         click.echo(line)
-    click.echo(json.dumps(provenance, indent=1, default=str) if provenance else f"{model}: no provenance recorded")
-
-
-def _check_weights(model) -> None:
-    """Raise ``ValueError`` when the file's weights do not fit its config (as the calculator would)."""
-    from jmp_ase.io.model_file import _pretrain_heads, _read, load_model, resolve_model_path
-    from jmp_ase.io.pretrained import load_jmp_pretrained
-
-    if _pretrain_heads(_read(resolve_model_path(model))) is not None:
-        load_jmp_pretrained(model)
-    else:
-        load_model(model)
+    click.echo(json.dumps(found.provenance, indent=1, default=str) if found.provenance
+               else f"{model}: no provenance recorded")
 
 
 if __name__ == "__main__":  # pragma: no cover
