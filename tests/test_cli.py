@@ -254,3 +254,22 @@ def test_finetune_lean_memory_gives_the_same_losses(run_dir, reference_dir):
     assert load_model(root / "lean" / "model.ckpt").memory == "auto"
     bad = CliRunner().invoke(main, ["finetune", str(root / "config.yaml"), "--memory", "tiny"])
     assert bad.exit_code == 2 and "--memory" in bad.output
+
+
+def test_evaluate_and_the_calculator_share_one_evaluator(tmp_path):
+    """jmp-train evaluate (model on graph batches) and labelled_errors (JMPCalculator) report the same errors."""
+    import json
+    from pathlib import Path
+
+    from jmp_ase.calculators.calculator import JMPCalculator
+    from jmp_ase.calculators.evaluation import labelled_errors
+    from jmp_ase.io.model_file import model_provenance
+
+    data = Path(__file__).parent / "data" / "shipped" / model_provenance("jmp-mini-aspirin")["test_slice"]["file"]
+    result = CliRunner().invoke(main, ["evaluate", "jmp-mini-aspirin", str(data), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    found = labelled_errors(JMPCalculator("jmp-mini-aspirin"), ase.io.read(data, ":"))
+    assert written["structures"] == found["structures"] == 20
+    for key in ("energy_mae", "forces_mae"):  # training batches hold labels in float32: ~1e-4 eV of ~1e3 eV
+        assert written[key] == pytest.approx(found[key], rel=1e-3), key
