@@ -1,6 +1,7 @@
 """The jmp-train command line: finetune (YAML + overrides, resume), evaluate, pretrain hook."""
 import csv
 import dataclasses
+import json
 import os
 import sys
 import types
@@ -57,6 +58,11 @@ def test_finetune_command(run_dir):
     for name in ("model.ckpt", "last.ckpt", "metrics.csv"):
         assert (root / "run" / name).is_file()
     assert len(list(csv.DictReader(open(root / "run" / "metrics.csv")))) == 1
+    units = json.loads((root / "run" / "metrics_units.json").read_text())
+    header = open(root / "run" / "metrics.csv").readline().strip().split(",")
+    assert list(units) == header  # a unit for every column
+    assert units["val_forces_mae"] == "eV/Å" and units["train_energy_rmse"] == "eV" and units["epoch"] == "count"
+    assert units["val_loss"].startswith("dimensionless")
 
 
 def test_finetune_refuses_existing_run_and_resumes(run_dir, reference_dir):
@@ -94,6 +100,9 @@ def test_evaluate_writes_csv_and_plot(run_dir, tmp_path):
                                        "--out", str(tmp_path / "eval"), "--threads", "1"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "jmp-train evaluate: 1 CPU thread per process" in result.output
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["units"] == {"energy_mae": "eV", "energy_rmse": "eV", "forces_mae": "eV/Å", "forces_rmse": "eV/Å",
+                                "loss": "mixed: the sum of each target's mean error in its own unit"}
     assert "energy: MAE" in result.output and "meV" in result.output and "forces: MAE" in result.output
     rows = list(csv.DictReader(open(tmp_path / "eval" / "predictions.csv")))
     assert len(rows) == 4
@@ -104,6 +113,17 @@ def test_evaluate_writes_csv_and_plot(run_dir, tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(root / "run" / "model.ckpt"), str(root / "val.extxyz"),
                                        "--targets", "gap", "--out", str(tmp_path / "e2")])
     assert result.exit_code != 0 and "no label 'gap'" in result.output
+
+
+def test_metric_units():
+    from jmp_ase.training.metric_units import axis_label, metric_unit
+
+    assert metric_unit("val/mols/forces_mae") == "eV/Å" and metric_unit("stress_rmse") == "eV/Å³"
+    assert metric_unit("test_gap_mae", {"gap": "eV"}) == "eV" and metric_unit("val_gap_mae") == "the label's unit"
+    assert metric_unit("train/slabs/force_loss").startswith("dimensionless")
+    assert axis_label("predicted", "forces") == "predicted forces (eV/Å)"
+    with pytest.raises(ValueError, match="no unit known for the metric 'wall'"):
+        metric_unit("wall")
 
 
 def test_threads_default_to_one_and_are_set_before_the_work(tmp_path, monkeypatch):

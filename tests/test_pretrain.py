@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -339,6 +340,9 @@ def test_pretrain_exports_jmp_checkpoint(datasets, tmp_path):
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert "train/loss" in lines[0] and "train/mols/force_loss" in lines[0] and len(lines) >= 4
     assert "val/slabs/energy_mae" in lines[0] and "val/mols/forces_mae" in lines[0] and "val/loss" in lines[0]
+    units = json.loads((tmp_path / "run" / "metrics_units.json").read_text())
+    assert set(lines[0].split(",")) <= set(units)  # a unit for every column
+    assert units["val/slabs/energy_mae"] == "eV" and units["val/mols/forces_mae"] == "eV/Å"
     # The exported head predicts eV and eV/Å: its normalised outputs times the data set's statistics,
     # plus its element references, all as the file states them (computed here by hand).
     mols = hp["tasks"][1]

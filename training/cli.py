@@ -9,6 +9,10 @@ import click
 import numpy as np
 
 from jmp_ase._version import __version__
+from jmp_ase.training.metric_units import axis_label, metric_unit, target_unit
+
+# jmp-train evaluate's loss: the targets' mean errors added without weights or scales
+MIXED_LOSS = "mixed: the sum of each target's mean error in its own unit"
 from jmp_ase.training.threads import describe_threads, requested_threads, use_threads
 
 
@@ -135,9 +139,9 @@ def parity_plot(path, errors, targets, units) -> None:
         ax.scatter(y, p, s=4, alpha=0.5)
         lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlabel(f"label {t} ({units.get(t, '')})")
-        ax.set_ylabel(f"predicted {t}")
-        ax.set_title(f"{t}: MAE {np.abs(p - y).mean():.4g}")
+        ax.set_xlabel(axis_label("label", t, units))
+        ax.set_ylabel(axis_label("predicted", t, units))
+        ax.set_title(f"{t}: MAE {np.abs(p - y).mean():.4g} {target_unit(t, units)}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -207,7 +211,8 @@ def evaluate(model, data, out, targets, batch_size, device, allow_unknown_elemen
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({"model": str(model), "data": str(data), "structures": len(dataset),
-                                                  "units": "eV, eV/Å, eV/Å³ (graph labels: their own)",
+                                                  "units": {k: MIXED_LOSS if k == "loss" else metric_unit(k, units)
+                                                            for k in metrics},
                                                   **{k: float(v) for k, v in metrics.items()}}, indent=1))
     write_predictions(out / "predictions.csv", errors, names)
     parity_plot(out / "parity.png", errors, names, units)

@@ -1,5 +1,5 @@
-"""The fine-tuning LightningModule: steps, optimiser and schedule, metrics.csv / steps.csv, the
-best model file and the state a run resumes from (mid-epoch included)."""
+"""The fine-tuning LightningModule: steps, optimiser and schedule, metrics.csv (units in
+metrics_units.json) / steps.csv, the best model file and the state a run resumes from (mid-epoch included)."""
 from __future__ import annotations
 
 import copy
@@ -20,6 +20,7 @@ from jmp_ase.training.checkpoints import count_rows
 from jmp_ase.training.finetune_config import FinetuneConfig
 from jmp_ase.training.loaders import eval_loader, train_batches_per_epoch, train_loader
 from jmp_ase.training.losses import check_force_errors, compute_losses
+from jmp_ase.training.metric_units import UNITS_FILE, write_units
 from jmp_ase.training.schedules import WarmupCosineRLP, param_groups_with_llrd
 
 
@@ -165,6 +166,8 @@ class FinetuneModule(L.LightningModule):
                 if new:
                     writer.writeheader()
                 writer.writerow(row)
+            if new or not (self.out / UNITS_FILE).is_file():
+                write_units(self.out, list(row), self.config.units)
         if row["lr"] < self.config.min_lr:
             self.trainer.should_stop = True
 

@@ -13,7 +13,7 @@ after fitting the scale factors (:mod:`jmp_ase.training.scaling`). It writes to 
   ``backbone.*``, ``output.out_{energy,forces}.{i}.*``; ``optimizer_states[0]["ema"]``;
   ``hyper_parameters`` as plain dicts with the task names, element references and
   normalisation), read by :func:`jmp_ase.io.pretrained.load_jmp_pretrained`;
-* ``metrics.csv`` (appended to on resume).
+* ``metrics.csv`` (appended to on resume), the unit of each column in ``metrics_units.json``.
 
 Targets are normalised per data set: ``E_n = (E - Σ_i ref[Z_i]) / energy_std`` with
 least-squares element references (their per-atom mean residual folded in) and
@@ -40,6 +40,7 @@ from . import pretrain_data as D
 from jmp_ase.training.checkpoints import AtomicCheckpointIO, StepCheckpoint
 from jmp_ase.training.ema import EMA
 from jmp_ase.training.losses import per_task_means, structurewise_loss
+from jmp_ase.training.metric_units import write_units
 from jmp_ase.training.scaling import fit_scale_factors
 from jmp_ase.training.schedules import warmup_cosine_factor
 from jmp_ase.training.console import quiet_third_party
@@ -228,6 +229,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
         writer.writerows(keep)
 
 
+def metric_columns(tasks: list[str]) -> list[str]:
+    """Every column ``metrics.csv`` can get (Lightning adds them as they are first logged)."""
+    per_task = [f"train/{t}/{k}" for t in tasks for k in ("energy_loss", "force_loss")]
+    per_task += [f"val/{t}/{k}" for t in tasks for k in ("energy_mae", "forces_mae")]
+    return ["epoch", "step", "train/loss", "train/energy_loss", "train/force_loss", *per_task, "train/grad_norm",
+            "train/lr", "val/loss"]
+
+
 def export_pretrained(module: PretrainModule, ema: EMA | None, path, trainer: pl.Trainer | None = None) -> None:
     """Write ``path`` in JMP's pre-training checkpoint layout (plain containers and tensors)."""
     state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
@@ -309,6 +318,8 @@ def run_pretrain(config: PretrainConfig | dict, resume: bool | None = None) -> P
     )
     if saved is not None and trainer.is_global_zero:
         _truncate_metrics(out / "metrics.csv", int(saved["global_step"]))
+    if trainer.is_global_zero:
+        write_units(out, metric_columns([task["name"] for task in data.task_info]))
     del saved
     trainer.fit(module, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
