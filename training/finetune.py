@@ -233,7 +233,8 @@ def describe_settings(model: FineTunedModel, sources: dict, config: FinetuneConf
             f"({cfg.provenance.get('parent_kind', 'random weights')}); graphs: cutoff {cfg.cutoff:g} Å "
             f"({s['cutoff']}), max_neighbors {cfg.max_neighbors} ({s['max_neighbors']}), tags {cfg.tags} "
             f"({s['tags']}), qint_tags {tuple(cfg.backbone.qint_tags)} ({s['qint_tags']}); quadruplet basis "
-            f"{basis}, {cfg.neighbor_order} neighbour order; memory {model.memory}; {describe_threads(torch.get_num_threads())}; heads "
+            f"{basis}, {cfg.neighbor_order} neighbour order; memory {model.memory}; "
+            f"{describe_threads(torch.get_num_threads())}; heads "
             f"{[h.name for h in cfg.heads]}; {len(frozen)} parameter tensors outside the loss frozen")
 
 

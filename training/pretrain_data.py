@@ -110,7 +110,8 @@ class PretrainData:
     statistics are reused instead of being fitted again.
     """
 
-    def __init__(self, cfg: PretrainConfig, qint_tags=(1, 2), num_elements: int = 120, saved_tasks: list[dict] | None = None):
+    def __init__(self, cfg: PretrainConfig, qint_tags=(1, 2), num_elements: int = 120,
+                 saved_tasks: list[dict] | None = None):
         self.cfg, self.num_elements = cfg, num_elements
         self.specs = cfg.data.datasets
         self.settings = [GraphSettings(d.cutoff, d.max_neighbors, tuple(qint_tags), tags=d.tags)
@@ -140,7 +141,8 @@ class PretrainData:
         shift = stats["energy_mean_per_atom"]
         force_scale = spec.force_loss_scale
         return {
-            "name": spec.name, "cutoff": float(spec.cutoff), "max_neighbors": int(spec.max_neighbors), "tags": spec.tags,
+            "name": spec.name, "cutoff": float(spec.cutoff), "max_neighbors": int(spec.max_neighbors),
+            "tags": spec.tags,
             "num_structures": stats["num_structures"], "mean_natoms": stats["mean_natoms"],
             "element_references": {int(z): float(v + shift) for z, v in refs.items()},
             "energy_std": float(stats["energy_std"]) or 1.0, "force_rms": float(stats["force_rms"]) or 1.0,
