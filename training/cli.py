@@ -10,10 +10,10 @@ import numpy as np
 
 from jmp_ase._version import __version__
 from jmp_ase.training.metric_units import axis_label, metric_unit, target_unit
+from jmp_ase.training.threads import describe_threads, requested_threads, use_threads
 
 # jmp-train evaluate's loss: the targets' mean errors added without weights or scales
 MIXED_LOSS = "mixed: the sum of each target's mean error in its own unit"
-from jmp_ase.training.threads import describe_threads, requested_threads, use_threads
 
 
 @click.group(name="jmp-train")
