@@ -4,8 +4,9 @@
 ``jmp-train pretrain CONFIG.yaml [--resume]`` or, the same way, ``python -m jmp_ase.training.pretrain
 CONFIG.yaml [--resume]``) trains one GemNet-OC backbone with one energy and one direct-force head
 per data set on temperature-sampled mixed batches (:mod:`jmp_ase.training.sampler`) with the
-structure-wise loss (:mod:`jmp_ase.training.losses`), AdamW, linear warm-up + cosine decay, gradient clipping, EMA (:mod:`jmp_ase.training.ema`) and edge dropout,
-after fitting the scale factors (:mod:`jmp_ase.training.scaling`). It writes to ``out_dir``:
+structure-wise loss (:mod:`jmp_ase.training.losses`), AdamW, linear warm-up + cosine decay, gradient
+clipping, EMA (:mod:`jmp_ase.training.ema`) and edge dropout, after fitting the scale factors
+(:mod:`jmp_ase.training.scaling`). It writes to ``out_dir``:
 
 * ``last.ckpt`` every ``checkpoint_every_n_steps`` steps and at the end (atomic write): the
   full Lightning state, resumable mid-epoch with ``resume=True``;
