@@ -273,7 +273,7 @@ def test_cutoff_beyond_radial_basis_is_refused(data_dir, tmp_path):
 
 
 def test_config_errors(data_dir, tmp_path):
-    with pytest.raises(ValueError, match="unknown fine-tuning settings \\['learning_rate'\\]"):
+    with pytest.raises(ValueError, match="unknown fine-tuning setting 'learning_rate'"):
         FinetuneConfig.from_dict({"learning_rate": 1.0})
     with pytest.raises(ValueError, match="parent model"):
         FinetuneConfig.from_dict({"train": "x.extxyz"})

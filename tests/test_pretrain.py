@@ -1,6 +1,8 @@
 """Multi-domain pre-training: sampler, loss, EMA, scale factors, edge dropout, export, NaN stop."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import sys
@@ -264,10 +266,11 @@ def test_scale_factor_order_is_jmps(reference_dir):
 
 # ----------------------------------------------------------------------------- data preparation
 def _data(datasets, tmp_path, **overrides):
-    from jmp_ase.training.pretrain import backbone_config, resolve_config
+    from jmp_ase.training.pretrain import backbone_config
+    from jmp_ase.training.pretrain_config import PretrainConfig
     from jmp_ase.training.pretrain_data import PretrainData
 
-    cfg = resolve_config({**pretrain_config(datasets, tmp_path / "run"), **overrides})
+    cfg = PretrainConfig.from_dict({**pretrain_config(datasets, tmp_path / "run"), **overrides})
     bb = backbone_config(cfg)
     return cfg, bb, PretrainData(cfg, bb.qint_tags, bb.num_elements)
 
@@ -337,6 +340,9 @@ def test_pretrain_exports_jmp_checkpoint(datasets, tmp_path):
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert "train/loss" in lines[0] and "train/mols/force_loss" in lines[0] and len(lines) >= 4
     assert "val/slabs/energy_mae" in lines[0] and "val/mols/forces_mae" in lines[0] and "val/loss" in lines[0]
+    units = json.loads((tmp_path / "run" / "metrics_units.json").read_text())
+    assert set(lines[0].split(",")) <= set(units)  # a unit for every column
+    assert units["val/slabs/energy_mae"] == "eV" and units["val/mols/forces_mae"] == "eV/Å"
     # The exported head predicts eV and eV/Å: its normalised outputs times the data set's statistics,
     # plus its element references, all as the file states them (computed here by hand).
     mols = hp["tasks"][1]
@@ -362,7 +368,7 @@ def test_nan_loss_stops_with_clear_message(datasets, tmp_path):
     from jmp_ase.training.pretrain import NonFiniteLossError, PretrainModule
 
     cfg, bb, data = _data(datasets, tmp_path)
-    hp = {"backbone": bb.to_dict(), "num_mlps": 2, "tasks": data.task_info, "optim": cfg["optim"]}
+    hp = {"backbone": bb.to_dict(), "num_mlps": 2, "tasks": data.task_info, "optim": dataclasses.asdict(cfg.optim)}
     module = PretrainModule(hp, data)
     with torch.no_grad():
         module.output.out_energy[1][0].weight.fill_(float("nan"))  # only the molecules' head breaks
@@ -379,12 +385,12 @@ def test_nan_loss_stops_with_clear_message(datasets, tmp_path):
 
 
 def test_config_errors_name_the_key(datasets, tmp_path):
-    from jmp_ase.training.pretrain import resolve_config
+    from jmp_ase.training.pretrain_config import PretrainConfig
 
     cfg = pretrain_config(datasets, tmp_path)
-    with pytest.raises(ValueError, match="trainer.'max_step'"):
-        resolve_config({**cfg, "trainer": {"max_step": 3}})
-    with pytest.raises(ValueError, match="cutof"):
-        resolve_config({**cfg, "data": {"datasets": [{"name": "x", "train": datasets["mols"], "cutof": 5}]}})
-    resolved = resolve_config({**cfg, "ema": None})
-    assert resolved["ema"] is None and resolved["optim"]["betas"] == [0.9, 0.95]
+    with pytest.raises(ValueError, match="unknown pre-training setting trainer.'max_step'"):
+        PretrainConfig.from_dict({**cfg, "trainer": {"max_step": 3}})
+    with pytest.raises(ValueError, match=r"data.datasets\[0\].'cutof'"):
+        PretrainConfig.from_dict({**cfg, "data": {"datasets": [{"name": "x", "train": datasets["mols"], "cutof": 5}]}})
+    resolved = PretrainConfig.from_dict({**cfg, "ema": None})
+    assert resolved.ema is None and resolved.optim.betas == [0.9, 0.95]

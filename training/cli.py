@@ -9,6 +9,11 @@ import click
 import numpy as np
 
 from jmp_ase._version import __version__
+from jmp_ase.training.metric_units import axis_label, metric_unit, target_unit
+from jmp_ase.training.threads import describe_threads, requested_threads, use_threads
+
+# jmp-train evaluate's loss: the targets' mean errors added without weights or scales
+MIXED_LOSS = "mixed: the sum of each target's mean error in its own unit"
 
 
 @click.group(name="jmp-train")
@@ -63,7 +68,9 @@ ANTICIPATED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
 @click.option("--memory", type=click.Choice(["auto", "fast", "lean"]),
               help="lean: interactions in chunks, recomputed in backward (same numbers, a fraction of the memory, "
                    "slower); auto (default): lean for large structures only.")
-def finetune(config, **options):
+@click.option("--threads", type=int,
+              help="CPU threads per process (default: OMP_NUM_THREADS if exported, else 1).")
+def finetune(config, threads, **options):
     """Fine-tune a JMP backbone; CONFIG is a YAML file whose settings the options override.
     Graph settings (cutoff, max_neighbors, tags, qint_tags) default to the parent's."""
     from jmp_ase.training.finetune_config import FinetuneConfig
@@ -71,8 +78,10 @@ def finetune(config, **options):
 
     options["devices"] = _devices(options["devices"])
     try:
+        requested_threads(threads)
         settings = FinetuneConfig.from_yaml(config, **options)
         preflight_finetune(settings)  # before torch and Lightning are imported: fails within a second
+        use_threads(threads)
         from jmp_ase.training.finetune import run_finetune
 
         summary = run_finetune(settings)
@@ -130,9 +139,9 @@ def parity_plot(path, errors, targets, units) -> None:
         ax.scatter(y, p, s=4, alpha=0.5)
         lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlabel(f"label {t} ({units.get(t, '')})")
-        ax.set_ylabel(f"predicted {t}")
-        ax.set_title(f"{t}: MAE {np.abs(p - y).mean():.4g}")
+        ax.set_xlabel(axis_label("label", t, units))
+        ax.set_ylabel(axis_label("predicted", t, units))
+        ax.set_title(f"{t}: MAE {np.abs(p - y).mean():.4g} {target_unit(t, units)}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -166,7 +175,9 @@ def refuse_unknown_elements(dataset, known: list[int] | None, data) -> None:
 @click.option("--allow-unknown-elements", is_flag=True,
               help="Evaluate structures with elements absent from the model's training data (refused by default, "
                    "as the calculator refuses them).")
-def evaluate(model, data, out, targets, batch_size, device, allow_unknown_elements):
+@click.option("--threads", type=int,
+              help="CPU threads per process (default: OMP_NUM_THREADS if exported, else 1).")
+def evaluate(model, data, out, targets, batch_size, device, allow_unknown_elements, threads):
     """Errors of MODEL (a model file or shipped name) on DATA; writes metrics.json, a CSV and a parity plot."""
     from jmp_ase.io.model_file import load_model
 
@@ -174,6 +185,7 @@ def evaluate(model, data, out, targets, batch_size, device, allow_unknown_elemen
     from jmp_ase.training.finetune import physical, predict_dataset
 
     try:
+        click.echo(f"jmp-train evaluate: {describe_threads(use_threads(threads))}", err=True)
         net = load_model(model)
         if targets:
             names = [t.strip() for t in targets.split(",") if t.strip()]
@@ -199,7 +211,8 @@ def evaluate(model, data, out, targets, batch_size, device, allow_unknown_elemen
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({"model": str(model), "data": str(data), "structures": len(dataset),
-                                                  "units": "eV, eV/Å, eV/Å³ (graph labels: their own)",
+                                                  "units": {k: MIXED_LOSS if k == "loss" else metric_unit(k, units)
+                                                            for k in metrics},
                                                   **{k: float(v) for k, v in metrics.items()}}, indent=1))
     write_predictions(out / "predictions.csv", errors, names)
     parity_plot(out / "parity.png", errors, names, units)
@@ -215,33 +228,21 @@ def evaluate(model, data, out, targets, batch_size, device, allow_unknown_elemen
 @click.option("--accelerator", help="cpu, gpu or auto; overrides trainer.accelerator.")
 @click.option("--checkpoint-every", type=int, help="last.ckpt every N optimiser steps; overrides "
                                                    "trainer.checkpoint_every_n_steps.")
-def pretrain(config, resume, **options):
+@click.option("--threads", type=int,
+              help="CPU threads per process (default: OMP_NUM_THREADS if exported, else 1).")
+def pretrain(config, resume, threads, **options):
     """Joint pre-training on several data sets, as configured in the YAML file CONFIG."""
-    import yaml
+    from jmp_ase.training.preflight import prepare_pretrain
 
     try:
-        settings = yaml.safe_load(Path(config).read_text()) or {}
-        if not isinstance(settings, dict):
-            raise ValueError(f"{config}: a pre-training config is a mapping of settings")
-        overrides = {"devices": _devices(options["devices"]), "num_nodes": options["num_nodes"],
-                     "strategy": options["strategy"], "accelerator": options["accelerator"],
-                     "checkpoint_every_n_steps": options["checkpoint_every"]}
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        if overrides:
-            trainer = settings.get("trainer") or {}
-            if not isinstance(trainer, dict):
-                raise ValueError(f"{config}: trainer must be a mapping of settings")
-            settings["trainer"] = {**trainer, **overrides}
-        for key in ("num_nodes", "checkpoint_every_n_steps"):
-            if key in overrides and overrides[key] < (1 if key == "num_nodes" else 0):
-                raise ValueError(f"--{key.replace('_n_steps', '').replace('_', '-')} must be positive")
-        from jmp_ase.training.preflight import preflight_pretrain
-
-        preflight_pretrain(settings, resume or None)  # before torch and Lightning are imported
+        settings = prepare_pretrain(config, resume or None, threads, devices=_devices(options["devices"]),
+                                    num_nodes=options["num_nodes"], strategy=options["strategy"],
+                                    accelerator=options["accelerator"],
+                                    checkpoint_every_n_steps=options["checkpoint_every"])
         from jmp_ase.training.pretrain import run_pretrain
 
         path = run_pretrain(settings, resume=resume or None)
-    except (*ANTICIPATED, yaml.YAMLError) as err:
+    except ANTICIPATED as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"wrote {path}")
 
@@ -251,31 +252,21 @@ def pretrain(config, resume, **options):
 def info(model):
     """How MODEL (a model file, pre-trained checkpoint or shipped name) was made: data, recipe,
     test errors. Without MODEL: the names of the shipped models."""
-    from jmp_ase.io.model_file import model_provenance, model_settings, shipped_models
+    from jmp_ase.io.model_file import shipped_models
 
     if model is None:
         click.echo("shipped models: " + ", ".join(shipped_models()))
         return
+    from jmp_ase.io.model_info import model_info
+
     try:
-        provenance = model_provenance(model)
-        settings = model_settings(model)
-        _check_weights(model)
+        found = model_info(model)  # one read of the file; refuses weights that do not fit, as the calculator
     except ANTICIPATED as err:
         raise click.ClickException(str(err)) from None
-    for line in settings:
+    for line in found.settings:
         click.echo(line)
-    click.echo(json.dumps(provenance, indent=1, default=str) if provenance else f"{model}: no provenance recorded")
-
-
-def _check_weights(model) -> None:
-    """Raise ``ValueError`` when the file's weights do not fit its config (as the calculator would)."""
-    from jmp_ase.io.model_file import _pretrain_heads, _read, load_model, resolve_model_path
-    from jmp_ase.io.pretrained import load_jmp_pretrained
-
-    if _pretrain_heads(_read(resolve_model_path(model))) is not None:
-        load_jmp_pretrained(model)
-    else:
-        load_model(model)
+    click.echo(json.dumps(found.provenance, indent=1, default=str) if found.provenance
+               else f"{model}: no provenance recorded")
 
 
 if __name__ == "__main__":  # pragma: no cover

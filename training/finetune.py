@@ -42,13 +42,15 @@ from jmp_ase.training.checkpoints import AtomicCheckpointIO, EpochStepCheckpoint
 from jmp_ase.training.data import DatasetSpec, collate, dataset_statistics, fit_element_references, split_by_fraction
 from jmp_ase.training.ema import EMA
 from jmp_ase.training.finetune_config import FinetuneConfig
+from jmp_ase.calculators.evaluation import ErrorSums
+from jmp_ase.training.finetune_module import FinetuneModule, StepRows, throughput
 from jmp_ase.training.head_init import head_specs_for_start, start_energy_head
-from jmp_ase.training.finetune_module import ErrorSums, FinetuneModule, StepRows, throughput
 from jmp_ase.training.losses import compute_losses
 from jmp_ase.training.parent import Parent, graph_settings, load_parent, parent_of, unseen_elements
 from jmp_ase.training.preflight import is_worker_process, preflight_finetune
 from jmp_ase.training.scaling import fit_scale_factors
 from jmp_ase.training.console import quiet_third_party
+from jmp_ase.training.threads import describe_threads
 
 __all__ = ["FinetuneConfig", "ErrorSums", "FinetuneModule", "build_model", "load_parent", "make_datasets",
            "predict_dataset", "run_finetune"]
@@ -198,23 +200,18 @@ def make_datasets(config: FinetuneConfig, settings: GraphSettings | None = None)
 
 @torch.no_grad()
 def predict_dataset(model: FineTunedModel, dataset, batch_size: int = 16, device="cpu", targets=None) -> ErrorSums:
-    """Errors of ``model`` on a data set (physical units); ``.predictions`` holds per-target
-    lists of (prediction, label) arrays."""
+    """Errors of ``model`` on a data set (physical units), by the evaluator the calculator uses
+    (:class:`jmp_ase.calculators.evaluation.ErrorSums`); ``.predictions`` holds per-target lists of
+    (prediction, label) arrays and ``.natoms`` the atoms of each structure."""
     model = model.to(device).eval()
     targets = targets or [t for t in ("energy", "forces", "stress", *model.heads) if t in dataset.targets]
-    errors = ErrorSums()
-    errors.predictions = {t: ([], []) for t in targets}
-    errors.natoms = []
+    errors = ErrorSums(keep=True)
     for atoms_batch, labels in torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
         atoms_batch = atoms_batch.to(device)
-        labels = {k: v.to(device) for k, v in labels.items() if k in targets}
+        labels = {t: labels[t].to(device) for t in targets}
         with torch.enable_grad():
             preds = model(atoms_batch, compute_stress="stress" in targets, compute_forces="forces" in targets)
-        errors.add(preds, labels)
-        errors.natoms.extend(atoms_batch.natoms.tolist())
-        for t in targets:
-            errors.predictions[t][0].append(preds[t].detach().cpu().numpy())
-            errors.predictions[t][1].append(labels[t].cpu().numpy())
+        errors.add(preds, labels, atoms_batch.natoms.tolist())
     return errors
 
 
@@ -244,7 +241,8 @@ def describe_settings(model: FineTunedModel, sources: dict, config: FinetuneConf
             f"({cfg.provenance.get('parent_kind', 'random weights')}); graphs: cutoff {cfg.cutoff:g} Å "
             f"({s['cutoff']}), max_neighbors {cfg.max_neighbors} ({s['max_neighbors']}), tags {cfg.tags} "
             f"({s['tags']}), qint_tags {tuple(cfg.backbone.qint_tags)} ({s['qint_tags']}); quadruplet basis "
-            f"{basis}, {cfg.neighbor_order} neighbour order; memory {model.memory}; heads "
+            f"{basis}, {cfg.neighbor_order} neighbour order; memory {model.memory}; "
+            f"{describe_threads(torch.get_num_threads())}; heads "
             f"{[h.name for h in cfg.heads]}; {len(frozen)} parameter tensors outside the loss frozen")
 
 

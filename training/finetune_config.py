@@ -2,9 +2,9 @@
 so that ``jmp-train finetune`` can refuse bad settings within a second."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from jmp_ase.training.config_io import build, read_yaml_mapping
 
 # Graph settings a fine-tuning run takes from its parent unless given: the model owns them.
 GRAPH_SETTINGS = ("cutoff", "max_neighbors", "tags", "qint_tags")
@@ -76,23 +76,10 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "FinetuneConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(values, dict):
-            raise ValueError(f"a fine-tuning config is a mapping of settings, got {type(values).__name__}")
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown fine-tuning settings {unknown}; known settings: {sorted(known)}")
-        values = {k: v for k, v in values.items() if v is not None or k in ("val", "test", "pretrained")}
-        for f in dataclasses.fields(cls):  # YAML reads 1e-4 as a string
-            kinds = [t.strip() for t in str(f.type).split("|")]
-            if f.name not in values or not isinstance(values[f.name], str) \
-                    or not {"float", "int"} & set(kinds) or not set(kinds) <= {"float", "int", "None"}:
-                continue
-            try:
-                values[f.name] = float(values[f.name]) if "float" in kinds else int(values[f.name])
-            except ValueError:
-                raise ValueError(f"setting {f.name} must be a number, got {values[f.name]!r}") from None
-        config = cls(**values)
+        """The config of a mapping of settings (types coerced, unknown keys refused), checked."""
+        if isinstance(values, dict):  # null means the default, except where None is a choice
+            values = {k: v for k, v in values.items() if v is not None or k in ("val", "test", "pretrained")}
+        config = build(cls, values, "fine-tuning")
         config._check()
         return config
 
@@ -138,16 +125,8 @@ class FinetuneConfig:
 
     @classmethod
     def from_yaml(cls, path, **overrides) -> "FinetuneConfig":
-        import yaml
-
-        values = {}
-        if path:
-            try:
-                values = yaml.safe_load(Path(path).read_text()) or {}
-            except yaml.YAMLError as err:
-                raise ValueError(f"{path}: not a readable YAML file: {err}") from None
-            if not isinstance(values, dict):
-                raise ValueError(f"{path}: a fine-tuning config is a mapping of settings, got {type(values).__name__}")
+        """The YAML file's settings (none without ``path``) with the ``overrides`` that are not None."""
+        values = read_yaml_mapping(path, "fine-tuning") if path else {}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
 

@@ -1,5 +1,5 @@
-"""The fine-tuning LightningModule: steps, optimiser and schedule, metrics.csv / steps.csv, the
-best model file and the state a run resumes from (mid-epoch included)."""
+"""The fine-tuning LightningModule: steps, optimiser and schedule, metrics.csv (units in
+metrics_units.json) / steps.csv, the best model file and the state a run resumes from (mid-epoch included)."""
 from __future__ import annotations
 
 import copy
@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 
 from jmp_ase._version import __version__
+from jmp_ase.calculators.evaluation import ErrorSums
 from jmp_ase.io.model_file import save_model
 from jmp_ase.nn.model import FineTunedModel
 
@@ -20,42 +20,8 @@ from jmp_ase.training.checkpoints import count_rows
 from jmp_ase.training.finetune_config import FinetuneConfig
 from jmp_ase.training.loaders import eval_loader, train_batches_per_epoch, train_loader
 from jmp_ase.training.losses import check_force_errors, compute_losses
+from jmp_ase.training.metric_units import UNITS_FILE, write_units
 from jmp_ase.training.schedules import WarmupCosineRLP, param_groups_with_llrd
-
-
-class ErrorSums:
-    """Accumulates, per target, the loss measure and component-wise absolute/squared errors."""
-
-    def __init__(self):
-        self.sums: dict[str, np.ndarray] = {}
-
-    def add(self, preds: dict, targets: dict) -> None:
-        for name, target in targets.items():
-            err = (preds[name].detach() - target).double()
-            loss = err.norm(dim=-1) if name == "forces" else err.abs()
-            row = np.array([loss.sum().item(), loss.numel(), err.abs().sum().item(), err.square().sum().item(),
-                            err.numel()])
-            self.sums[name] = self.sums.get(name, 0) + row
-
-    def metrics(self, weights: dict, scales: dict, prefix: str = "") -> dict[str, float]:
-        """``{prefix}loss`` (the weighted loss of the whole epoch), ``{prefix}{t}_mae`` / ``_rmse``."""
-        out, total = {}, 0.0
-        for name, (loss_sum, loss_n, abs_sum, sq_sum, n) in self.sums.items():
-            total += weights.get(name, 1.0) * (loss_sum / loss_n) / scales.get(name, 1.0)
-            out[f"{prefix}{name}_mae"] = float(abs_sum / n)
-            out[f"{prefix}{name}_rmse"] = math.sqrt(sq_sum / n)
-        out[f"{prefix}loss"] = float(total)
-        return out
-
-    def state(self) -> dict:
-        """Plain lists (checkpoints are read with ``weights_only=True``)."""
-        return {k: [float(x) for x in v] for k, v in self.sums.items()}
-
-    @classmethod
-    def from_state(cls, state: dict) -> "ErrorSums":
-        out = cls()
-        out.sums = {k: np.asarray(v, dtype=np.float64) for k, v in (state or {}).items()}
-        return out
 
 
 def throughput(timing: dict) -> dict:
@@ -200,6 +166,8 @@ class FinetuneModule(L.LightningModule):
                 if new:
                     writer.writeheader()
                 writer.writerow(row)
+            if new or not (self.out / UNITS_FILE).is_file():
+                write_units(self.out, list(row), self.config.units)
         if row["lr"] < self.config.min_lr:
             self.trainer.should_stop = True
 

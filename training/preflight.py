@@ -9,6 +9,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from jmp_ase.training.pretrain_config import PretrainConfig
+from jmp_ase.training.threads import requested_threads, use_threads
+
 # Files that make a folder "hold a run or a model": never overwritten by a new run.
 RUN_FILES = ("model.ckpt", "last.ckpt", "metrics.csv", "steps.csv")
 MODEL_SUFFIXES = (".ckpt", ".pt", ".pth")
@@ -132,23 +135,15 @@ def is_worker_process() -> bool:
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
-def preflight_pretrain(config: dict, resume: bool | None = None) -> None:
+def preflight_pretrain(config: PretrainConfig, resume: bool | None = None) -> None:
     """Checks of a pre-training config that need no torch: every data set's files (energy and
     forces labels) and an output folder that is writable and, unless resuming, holds no run."""
-    if not isinstance(config, dict):
-        raise ValueError("a pre-training config is a mapping of settings")
-    data = config.get("data") or {}
-    datasets = data.get("datasets") if isinstance(data, dict) else None
-    if not datasets or not isinstance(datasets, list):
-        raise ValueError("data.datasets is empty: pre-training needs at least one data set")
-    for k, d in enumerate(datasets):
-        if not isinstance(d, dict) or not d.get("name") or not d.get("train"):
-            raise ValueError(f"data.datasets[{k}] needs a 'name' and a 'train' path, got {d}")
+    for d in config.data.datasets:
         for split in ("train", "val"):
-            if d.get(split):
-                check_data(d[split], ["energy", "forces"], f"data set {d['name']!r} ({split})", d.get("format"))
-    resume = bool(config.get("resume")) if resume is None else resume
-    out = Path(config.get("out_dir") or "runs/pretrain")
+            if getattr(d, split):
+                check_data(getattr(d, split), ["energy", "forces"], f"data set {d.name!r} ({split})", d.format)
+    resume = config.resume if resume is None else resume
+    out = Path(config.out_dir)
     if not is_worker_process():
         if not resume and out.is_dir():
             taken = sorted(p.name for p in out.iterdir() if p.name in ("pretrain.ckpt", "last.ckpt", "metrics.csv"))
@@ -156,6 +151,17 @@ def preflight_pretrain(config: dict, resume: bool | None = None) -> None:
                 raise ValueError(f"out_dir {out} already holds a run ({', '.join(taken)}); use --resume to continue "
                                  "it, or another out_dir")
         check_out(out, resume=False, option="out_dir") if not out.is_dir() else _writable(out, "out_dir")
+
+
+def prepare_pretrain(path, resume: bool | None = None, threads: int | None = None, **trainer) -> PretrainConfig:
+    """The start of every pre-training run (``jmp-train pretrain``, ``python -m jmp_ase.training.pretrain``):
+    the YAML file ``path`` typed and checked with the ``trainer`` overrides that are not None, its data
+    and output folder checked (all before torch is imported), then the CPU threads set."""
+    requested_threads(threads)
+    config = PretrainConfig.from_yaml(path, **trainer)
+    preflight_pretrain(config, resume)
+    use_threads(threads)
+    return config
 
 
 def _writable(out: Path, option: str) -> None:

@@ -1,11 +1,12 @@
 """Joint multi-domain pre-training of JMP (paper Sec. 4, App. F/J), with Lightning.
 
-``run_pretrain(config)`` (``jmp-train pretrain CONFIG.yaml [--resume]``, or
-``python -m jmp_ase.training.pretrain CONFIG.yaml [--resume]``) trains one GemNet-OC backbone with one
-energy and one direct-force head per data set on temperature-sampled mixed batches
-(:mod:`jmp_ase.training.sampler`) with the structure-wise loss (:mod:`jmp_ase.training.losses`), AdamW,
-linear warm-up + cosine decay, gradient clipping, EMA (:mod:`jmp_ase.training.ema`) and edge dropout,
-after fitting the scale factors (:mod:`jmp_ase.training.scaling`). It writes to ``out_dir``:
+``run_pretrain(config)`` (a :class:`~jmp_ase.training.pretrain_config.PretrainConfig`; started by
+``jmp-train pretrain CONFIG.yaml [--resume]`` or, the same way, ``python -m jmp_ase.training.pretrain
+CONFIG.yaml [--resume]``) trains one GemNet-OC backbone with one energy and one direct-force head
+per data set on temperature-sampled mixed batches (:mod:`jmp_ase.training.sampler`) with the
+structure-wise loss (:mod:`jmp_ase.training.losses`), AdamW, linear warm-up + cosine decay, gradient
+clipping, EMA (:mod:`jmp_ase.training.ema`) and edge dropout, after fitting the scale factors
+(:mod:`jmp_ase.training.scaling`). It writes to ``out_dir``:
 
 * ``last.ckpt`` every ``checkpoint_every_n_steps`` steps and at the end (atomic write): the
   full Lightning state, resumable mid-epoch with ``resume=True``;
@@ -13,7 +14,7 @@ after fitting the scale factors (:mod:`jmp_ase.training.scaling`). It writes to 
   ``backbone.*``, ``output.out_{energy,forces}.{i}.*``; ``optimizer_states[0]["ema"]``;
   ``hyper_parameters`` as plain dicts with the task names, element references and
   normalisation), read by :func:`jmp_ase.io.pretrained.load_jmp_pretrained`;
-* ``metrics.csv`` (appended to on resume).
+* ``metrics.csv`` (appended to on resume), the unit of each column in ``metrics_units.json``.
 
 Targets are normalised per data set: ``E_n = (E - Σ_i ref[Z_i]) / energy_std`` with
 least-squares element references (their per-atom mean residual folded in) and
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -39,50 +41,18 @@ from . import pretrain_data as D
 from jmp_ase.training.checkpoints import AtomicCheckpointIO, StepCheckpoint
 from jmp_ase.training.ema import EMA
 from jmp_ase.training.losses import per_task_means, structurewise_loss
+from jmp_ase.training.metric_units import write_units
 from jmp_ase.training.scaling import fit_scale_factors
 from jmp_ase.training.schedules import warmup_cosine_factor
 from jmp_ase.training.console import quiet_third_party
+from jmp_ase.training.preflight import is_worker_process, prepare_pretrain
+from jmp_ase.training.pretrain_config import PretrainConfig
+from jmp_ase.training.threads import describe_threads
 
-DEFAULTS = {
-    "out_dir": "runs/pretrain", "seed": 0, "resume": False,
-    "model": {"backbone": "jmp-s", "num_mlps": 5, "dropout": None, "edge_dropout": 0.1},
-    "data": {"datasets": [], "temperature": 2.0, "batch_size": 8, "val_batch_size": None, "num_workers": 0},
-    "optim": {"lr": 3.0e-4, "betas": [0.9, 0.95], "eps": 1.0e-8, "weight_decay": 0.1, "warmup_steps": 2000,
-              "warmup_start_lr_factor": 0.2, "min_lr_factor": 0.1, "gradient_clip": 1.0},
-    "ema": {"decay": 0.99, "every_n_steps": 1},
-    "scale_fit": {"enabled": True, "num_batches": 16},
-    "trainer": {"max_steps": None, "max_epochs": None, "accelerator": "auto", "devices": 1, "num_nodes": 1,
-                "strategy": "auto", "precision": "32-true", "accumulate_grad_batches": 1,
-                "checkpoint_every_n_steps": 100, "val_every_n_steps": None, "limit_val_batches": 1.0,
-                "log_every_n_steps": 10, "progress_bar": False},
-}
-
-
-def resolve_config(config: dict) -> dict:
-    """``config`` merged over :data:`DEFAULTS`; unknown keys raise ``ValueError``."""
-    def merge(base, new, where):
-        out = copy.deepcopy(base)
-        for key, value in (new or {}).items():
-            if key not in base:
-                raise ValueError(f"unknown config key {where}{key!r}; expected one of {sorted(base)}")
-            if isinstance(base[key], dict) and value is not None and key != "backbone":
-                value = merge(base[key], value, f"{where}{key}.")
-            out[key] = value
-        return out
-    cfg = merge(DEFAULTS, config, "")
-    cfg["data"]["datasets"] = [D.dataset_config(d) for d in cfg["data"]["datasets"]]
-    if not cfg["data"]["datasets"]:
-        raise ValueError("data.datasets is empty: pre-training needs at least one data set")
-    t = cfg["trainer"]
-    if not (t["max_steps"] or t["max_epochs"]):
-        raise ValueError("set trainer.max_steps or trainer.max_epochs")
-    return cfg
-
-
-def backbone_config(cfg: dict) -> BackboneConfig:
-    spec = cfg["model"]["backbone"]
+def backbone_config(cfg: PretrainConfig) -> BackboneConfig:
+    spec = cfg.model.backbone
     bb = named_config(spec) if isinstance(spec, str) else BackboneConfig.from_dict(spec)
-    bb.dropout, bb.edge_dropout = cfg["model"]["dropout"], cfg["model"]["edge_dropout"]
+    bb.dropout, bb.edge_dropout = cfg.model.dropout, cfg.model.edge_dropout
     return bb
 
 
@@ -260,6 +230,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
         writer.writerows(keep)
 
 
+def metric_columns(tasks: list[str]) -> list[str]:
+    """Every column ``metrics.csv`` can get (Lightning adds them as they are first logged)."""
+    per_task = [f"train/{t}/{k}" for t in tasks for k in ("energy_loss", "force_loss")]
+    per_task += [f"val/{t}/{k}" for t in tasks for k in ("energy_mae", "forces_mae")]
+    return ["epoch", "step", "train/loss", "train/energy_loss", "train/force_loss", *per_task, "train/grad_norm",
+            "train/lr", "val/loss"]
+
+
 def export_pretrained(module: PretrainModule, ema: EMA | None, path, trainer: pl.Trainer | None = None) -> None:
     """Write ``path`` in JMP's pre-training checkpoint layout (plain containers and tensors)."""
     state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
@@ -291,52 +269,58 @@ def pretrained_calculator(path, task: str | int = 0, ema: bool = True, **kwargs)
     return JMPCalculator.from_jmp_checkpoint(path, head=task, ema=ema, **kwargs)
 
 
-def run_pretrain(config: dict, resume: bool | None = None) -> Path:
-    """Pre-train as configured (see :data:`DEFAULTS` and ``benchmarks/mini_jmp/pretrain.yaml``).
+def run_pretrain(config: PretrainConfig | dict, resume: bool | None = None) -> Path:
+    """Pre-train as configured (a :class:`PretrainConfig` or its mapping; see ``benchmarks/mini_jmp/pretrain.yaml``).
 
     ``resume=True`` continues from ``out_dir/last.ckpt`` (killed runs included) with the
     same optimiser, scheduler, EMA, data position and RNG state; without a checkpoint it
     starts afresh (``resume: true`` in the config does the same). Returns the path of
     ``pretrain.ckpt``.
     """
-    cfg = resolve_config(config)
-    resume = cfg["resume"] if resume is None else resume
-    out = Path(cfg["out_dir"])
+    cfg = config if isinstance(config, PretrainConfig) else PretrainConfig.from_dict(config)
+    resume = cfg.resume if resume is None else resume
+    out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last = out / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
     if resume and ckpt_path is None:
         print(f"jmp-train pretrain: no {last} to resume from; starting afresh", file=sys.stderr)
-    pl.seed_everything(cfg["seed"], workers=True, verbose=False)
+    if not is_worker_process():
+        names = ", ".join(d.name for d in cfg.data.datasets)
+        print(f"jmp-train pretrain: data sets {names}; out_dir {out}; {describe_threads(torch.get_num_threads())}",
+              file=sys.stderr, flush=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     bb = backbone_config(cfg)
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True) if ckpt_path else None
     data = D.PretrainData(cfg, bb.qint_tags, bb.num_elements, saved["hyper_parameters"]["tasks"] if saved else None)
-    t, tc = cfg["trainer"], cfg["data"]
-    hparams = {"backbone": bb.to_dict(), "num_mlps": cfg["model"]["num_mlps"], "tasks": data.task_info,
-               "optim": cfg["optim"], "temperature": tc["temperature"], "batch_size": tc["batch_size"],
-               "seed": cfg["seed"], "format": PRETRAIN_FORMAT}
+    t = cfg.trainer
+    hparams = {"backbone": bb.to_dict(), "num_mlps": cfg.model.num_mlps, "tasks": data.task_info,
+               "optim": dataclasses.asdict(cfg.optim), "temperature": cfg.data.temperature,
+               "batch_size": cfg.data.batch_size, "seed": cfg.seed, "format": PRETRAIN_FORMAT}
     module = PretrainModule(hparams, data)
-    if ckpt_path is None and (cfg["scale_fit"] or {}).get("enabled"):
-        fit_scale_factors(module, data.scale_fit_batches(cfg["scale_fit"]["num_batches"]),
+    if ckpt_path is None and cfg.scale_fit is not None and cfg.scale_fit.enabled:
+        fit_scale_factors(module, data.scale_fit_batches(cfg.scale_fit.num_batches),
                           lambda m, b: m(b[0], b[1]["task"]))
-    ema = EMA(cfg["ema"]["decay"], cfg["ema"]["every_n_steps"]) if cfg["ema"] else None
+    ema = EMA(cfg.ema.decay, cfg.ema.every_n_steps) if cfg.ema is not None else None
     has_val = data.has_val
     quiet_third_party()
     trainer = pl.Trainer(
-        accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"], strategy=t["strategy"],
-        precision=t["precision"], max_steps=t["max_steps"] or -1, max_epochs=t["max_epochs"] or -1,
-        accumulate_grad_batches=t["accumulate_grad_batches"], gradient_clip_val=cfg["optim"]["gradient_clip"],
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, max_steps=t.max_steps or -1, max_epochs=t.max_epochs or -1,
+        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=cfg.optim.gradient_clip,
         gradient_clip_algorithm="norm", use_distributed_sampler=False, enable_checkpointing=False,
-        callbacks=[c for c in (ema, StepCheckpoint(last, t["checkpoint_every_n_steps"])) if c is not None],
+        callbacks=[c for c in (ema, StepCheckpoint(last, t.checkpoint_every_n_steps)) if c is not None],
         plugins=[AtomicCheckpointIO()], logger=_AppendingLogger(out, name="", version=""),
-        log_every_n_steps=t["log_every_n_steps"], enable_progress_bar=t["progress_bar"],
-        num_sanity_val_steps=0, limit_val_batches=t["limit_val_batches"] if has_val else 0,
-        val_check_interval=t["val_every_n_steps"] if has_val and t["val_every_n_steps"] else None,
-        check_val_every_n_epoch=None if has_val and t["val_every_n_steps"] else 1,
+        log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.progress_bar,
+        num_sanity_val_steps=0, limit_val_batches=t.limit_val_batches if has_val else 0,
+        val_check_interval=t.val_every_n_steps if has_val and t.val_every_n_steps else None,
+        check_val_every_n_epoch=None if has_val and t.val_every_n_steps else 1,
         enable_model_summary=False,
     )
     if saved is not None and trainer.is_global_zero:
         _truncate_metrics(out / "metrics.csv", int(saved["global_step"]))
+    if trainer.is_global_zero:
+        write_units(out, metric_columns([task["name"] for task in data.task_info]))
     del saved
     trainer.fit(module, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
@@ -345,16 +329,20 @@ def run_pretrain(config: dict, resume: bool | None = None) -> Path:
 
 
 def main(argv=None) -> None:
+    """``python -m jmp_ase.training.pretrain CONFIG [--resume] [--threads N]``: the start of
+    ``jmp-train pretrain`` (:func:`~jmp_ase.training.preflight.prepare_pretrain`), then :func:`run_pretrain`."""
     import argparse
 
-    import yaml
-
-    parser = argparse.ArgumentParser(description="JMP multi-domain pre-training")
+    parser = argparse.ArgumentParser(description="JMP multi-domain pre-training (as jmp-train pretrain)")
     parser.add_argument("config")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
-    with open(args.config) as f:
-        run_pretrain(yaml.safe_load(f), resume=True if args.resume else None)
+    try:
+        config = prepare_pretrain(args.config, args.resume or None, args.threads)
+    except ValueError as err:
+        sys.exit(f"Error: {err}")
+    print(f"wrote {run_pretrain(config, resume=args.resume or None)}")
 
 
 if __name__ == "__main__":

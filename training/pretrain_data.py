@@ -25,25 +25,8 @@ from jmp_ase.training.data import (
     ConcatStructures, GraphSample, StructureDataset, collate, dataset_statistics, fit_element_references,
     open_structures,
 )
+from jmp_ase.training.pretrain_config import DatasetConfig, PretrainConfig
 from jmp_ase.training.sampler import ResumableDataLoader, TemperatureBatchSampler
-
-DATASET_DEFAULTS = {"name": None, "train": None, "val": None, "train_index": ":", "val_index": ":",
-                    "format": None, "cutoff": 12.0, "max_neighbors": 30, "tags": "ignore", "energy_loss_scale": 1.0,
-                    "force_loss_scale": None}
-
-
-def dataset_config(d: dict) -> dict:
-    """One ``data.datasets`` entry with defaults; ``name`` and ``train`` are required.
-    ``force_loss_scale: null`` means the data set's mean number of atoms (JMP's λ_F); ``tags``:
-    ``ignore`` (every atom tag 2) or ``oc20`` (the data's OC20 tags decide the quadruplet graph)."""
-    unknown = set(d) - set(DATASET_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown data set keys {sorted(unknown)}; expected some of {sorted(DATASET_DEFAULTS)}")
-    out = {**DATASET_DEFAULTS, **d}
-    if not out["name"] or not out["train"]:
-        raise ValueError(f"every data set needs a 'name' and a 'train' path, got {d}")
-    return out
-
 
 def _structures(paths, index, fmt):
     paths = [paths] if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__") else list(paths)
@@ -127,42 +110,43 @@ class PretrainData:
     statistics are reused instead of being fitted again.
     """
 
-    def __init__(self, cfg: dict, qint_tags=(1, 2), num_elements: int = 120, saved_tasks: list[dict] | None = None):
+    def __init__(self, cfg: PretrainConfig, qint_tags=(1, 2), num_elements: int = 120,
+                 saved_tasks: list[dict] | None = None):
         self.cfg, self.num_elements = cfg, num_elements
-        self.specs = cfg["data"]["datasets"]
-        self.settings = [GraphSettings(d["cutoff"], d["max_neighbors"], tuple(qint_tags), tags=d["tags"])
+        self.specs = cfg.data.datasets
+        self.settings = [GraphSettings(d.cutoff, d.max_neighbors, tuple(qint_tags), tags=d.tags)
                          for d in self.specs]
         self.train, self.val, self.natoms, self.task_info = [], [], [], []
         for k, spec in enumerate(self.specs):
-            structures, locations = _structures(spec["train"], spec["train_index"], spec["format"])
+            structures, locations = _structures(spec.train, spec.train_index, spec.format)
             ds = StructureDataset(structures, ["energy", "forces"], self.settings[k], locations=locations,
-                                  num_elements=num_elements, name=spec["name"])
+                                  num_elements=num_elements, name=spec.name)
             self.train.append(ds)
             pairs = [ds.labels(i) for i in range(len(ds))]
             self.natoms.append([len(n) for n, _ in pairs])
             info = saved_tasks[k] if saved_tasks else self._statistics(spec, pairs)
-            if saved_tasks and info["name"] != spec["name"]:
-                raise ValueError(f"data set {k} is {spec['name']!r} but the checkpoint has {info['name']!r}")
+            if saved_tasks and info["name"] != spec.name:
+                raise ValueError(f"data set {k} is {spec.name!r} but the checkpoint has {info['name']!r}")
             self.task_info.append(info)
-            if spec["val"]:
-                structures, locations = _structures(spec["val"], spec["val_index"], spec["format"])
+            if spec.val:
+                structures, locations = _structures(spec.val, spec.val_index, spec.format)
                 self.val.append(StructureDataset(structures, ["energy", "forces"], self.settings[k],
-                                                 locations=locations, num_elements=num_elements, name=spec["name"]))
+                                                 locations=locations, num_elements=num_elements, name=spec.name))
             else:
                 self.val.append(None)
 
-    def _statistics(self, spec: dict, pairs: list) -> dict:
+    def _statistics(self, spec: DatasetConfig, pairs: list) -> dict:
         refs = fit_element_references([l["energy"] for _, l in pairs], [n for n, _ in pairs])
         stats = dataset_statistics(pairs, refs)
         shift = stats["energy_mean_per_atom"]
-        force_scale = spec["force_loss_scale"]
+        force_scale = spec.force_loss_scale
         return {
-            "name": spec["name"], "cutoff": float(spec["cutoff"]), "max_neighbors": int(spec["max_neighbors"]),
-            "tags": spec["tags"],
+            "name": spec.name, "cutoff": float(spec.cutoff), "max_neighbors": int(spec.max_neighbors),
+            "tags": spec.tags,
             "num_structures": stats["num_structures"], "mean_natoms": stats["mean_natoms"],
             "element_references": {int(z): float(v + shift) for z, v in refs.items()},
             "energy_std": float(stats["energy_std"]) or 1.0, "force_rms": float(stats["force_rms"]) or 1.0,
-            "energy_loss_scale": float(spec["energy_loss_scale"]),
+            "energy_loss_scale": float(spec.energy_loss_scale),
             "force_loss_scale": float(stats["mean_natoms"] if force_scale is None else force_scale),
         }
 
@@ -171,32 +155,32 @@ class PretrainData:
         return any(v is not None for v in self.val)
 
     def _collate(self, training: bool) -> PretrainCollate:
-        return PretrainCollate(self.task_info, self.settings, self.cfg["model"]["edge_dropout"], training,
+        return PretrainCollate(self.task_info, self.settings, self.cfg.model.edge_dropout, training,
                                self.num_elements)
 
     def train_loader(self, num_replicas: int = 1, rank: int = 0) -> ResumableDataLoader:
-        d = self.cfg["data"]
-        sampler = TemperatureBatchSampler([len(x) for x in self.train], d["batch_size"], d["temperature"],
-                                          self.cfg["seed"], num_replicas, rank, natoms=self.natoms)
+        d = self.cfg.data
+        sampler = TemperatureBatchSampler([len(x) for x in self.train], d.batch_size, d.temperature,
+                                          self.cfg.seed, num_replicas, rank, natoms=self.natoms)
         return ResumableDataLoader(TaskItems(self.train), batch_sampler=sampler, collate_fn=self._collate(True),
-                                   num_workers=d["num_workers"], persistent_workers=d["num_workers"] > 0)
+                                   num_workers=d.num_workers, persistent_workers=d.num_workers > 0)
 
     def val_loader(self, num_replicas: int = 1, rank: int = 0):
         if not self.has_val:
             return None
         tasks = [k for k, v in enumerate(self.val) if v is not None]
-        d = self.cfg["data"]
-        sampler = TemperatureBatchSampler([len(self.val[k]) for k in tasks], d["val_batch_size"] or d["batch_size"],
+        d = self.cfg.data
+        sampler = TemperatureBatchSampler([len(self.val[k]) for k in tasks], d.val_batch_size or d.batch_size,
                                           1.0, 0, num_replicas, rank, shuffle=False, expand=False)
         items = _Remap(TaskItems([self.val[k] for k in tasks]), tasks)
         return torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=self._collate(False),
-                                           num_workers=d["num_workers"])
+                                           num_workers=d.num_workers)
 
     def scale_fit_batches(self, num_batches: int) -> list:
         """``num_batches`` mixed training batches without edge dropout (one process's view)."""
-        d = self.cfg["data"]
-        sampler = TemperatureBatchSampler([len(x) for x in self.train], d["batch_size"], d["temperature"],
-                                          self.cfg["seed"], 1, 0)
+        d = self.cfg.data
+        sampler = TemperatureBatchSampler([len(x) for x in self.train], d.batch_size, d.temperature,
+                                          self.cfg.seed, 1, 0)
         collate_fn, items, out = self._collate(False), TaskItems(self.train), []
         for keys in sampler:
             if len(out) >= num_batches:

@@ -21,6 +21,7 @@ __all__ = [
     "ForeignObject",
     "JMPCheckpoint",
     "UnsafeCheckpointError",
+    "checkpoint_from_content",
     "ema_keys",
     "infer_backbone_config",
     "read_jmp_checkpoint",
@@ -234,8 +235,11 @@ def read_jmp_checkpoint(path: str | os.PathLike, ema: bool = False) -> JMPCheckp
     keep their state-dict values.  No foreign code is imported or run (see
     :func:`safe_load`).
     """
-    source = str(path)
-    raw = safe_load(path)
+    return checkpoint_from_content(safe_load(path), str(path), ema)
+
+
+def checkpoint_from_content(raw: Any, source: str, ema: bool = False) -> JMPCheckpoint:
+    """:func:`read_jmp_checkpoint` of contents already read (``source`` names them in errors)."""
     if isinstance(raw, Mapping) and _is_state_dict(raw.get("state_dict")):
         checkpoint: Mapping[str, Any] = raw
         state_dict = dict(raw["state_dict"])

@@ -238,19 +238,32 @@ def model_provenance(model: str | os.PathLike) -> dict:
     """How a model file, shipped model or jmp-ase pre-trained checkpoint was made (data, recipe,
     test errors); empty for files that do not say."""
     path = resolve_model_path(model)
-    content = _read(path)
+    return provenance_of(_read(path), str(path))
+
+
+def read_model_content(model: str | os.PathLike) -> tuple[dict, str]:
+    """The contents of a model file or jmp-ase pre-trained checkpoint (one read) and its path."""
+    path = resolve_model_path(model)
+    return _read(path), str(path)
+
+
+def provenance_of(content: dict, source: str) -> dict:
+    """:func:`model_provenance` of contents already read."""
     if _pretrain_heads(content) is not None:
         return dict(content.get("jmp_ase_provenance") or {})
-    return dict(check_content(content, str(path))["config"].get("provenance") or {})
+    return dict(check_content(content, source)["config"].get("provenance") or {})
 
 
 def model_settings(model: str | os.PathLike) -> list[str]:
     """One line per head (pre-trained checkpoints) or for the model: graph settings, how tags are
     read and which quadruplet basis the backbone uses, as ``jmp-train info`` prints them."""
-    from jmp_ase.io.jmp_checkpoint import jmp_ase_hparams
-
     path = resolve_model_path(model)
-    content = _read(path)
+    return settings_of(_read(path), str(path))
+
+
+def settings_of(content: dict, source: str) -> list[str]:
+    """:func:`model_settings` of contents already read."""
+    from jmp_ase.io.jmp_checkpoint import jmp_ase_hparams
 
     def line(name, cutoff, max_neighbors, tags, backbone: BackboneConfig, order="jmp"):
         basis = basis_description(backbone)
@@ -264,6 +277,6 @@ def model_settings(model: str | os.PathLike) -> list[str]:
                                   dihedral_damping=float(values.get("dihedral_damping", 0.0)))
         return [line(f"head {t.get('name')}", t.get("cutoff"), t.get("max_neighbors"), t.get("tags", "auto"), backbone)
                 for t in hparams.get("tasks", [])]
-    config = ModelConfig.from_dict(check_content(content, str(path))["config"])
+    config = ModelConfig.from_dict(check_content(content, source)["config"])
     return [line("model", config.cutoff, config.max_neighbors, config.tags, config.backbone,
                  config.neighbor_order)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jmp_ase.io.jmp_checkpoint import read_jmp_checkpoint
+from jmp_ase.io.jmp_checkpoint import JMPCheckpoint, read_jmp_checkpoint
 from jmp_ase.io.model_file import resolve_model_path
 from jmp_ase.nn.config import resolve_backbone_config
 from jmp_ase.nn.model import JMPPretrainedModel
@@ -20,7 +20,14 @@ def load_jmp_pretrained(path, ema: bool = False, config=None,
     Returns the model (eval mode) and the pre-training task names if the file has them.
     Raises ``ValueError`` when ``config`` does not fit the file's tensors.
     """
-    ckpt = read_jmp_checkpoint(resolve_model_path(path), ema=ema)
+    return pretrained_from_checkpoint(read_jmp_checkpoint(resolve_model_path(path), ema=ema), config,
+                                      smooth_dihedral)
+
+
+def pretrained_from_checkpoint(ckpt: JMPCheckpoint, config=None, smooth_dihedral: bool | None = None
+                               ) -> tuple[JMPPretrainedModel, list[str] | None]:
+    """:func:`load_jmp_pretrained` of a checkpoint already read."""
+    path = ckpt.source
     cfg = resolve_backbone_config(config, ckpt.backbone_config())
     if smooth_dihedral is not None:
         cfg = dataclasses.replace(cfg, smooth_dihedral=bool(smooth_dihedral))
