@@ -10,6 +10,7 @@ import pytest
 import torch
 from ase.build import add_adsorbate, fcc111
 from ase.calculators.emt import EMT
+from ase.neighborlist import neighbor_list
 from ase.calculators.singlepoint import SinglePointCalculator
 from click.testing import CliRunner
 
@@ -122,3 +123,22 @@ def test_cli_jmp_mini_without_graph_options(tmp_path):
     assert "cutoff 5 Å (parent), max_neighbors 16 (parent)" in result.output
     model = load_model(tmp_path / "run" / "model.ckpt")
     assert (model.model_config.cutoff, model.model_config.max_neighbors) == (5.0, 16)
+
+
+def test_untruncated_max_neighbors_keeps_every_neighbour_of_the_training_data(parent, tmp_path, monkeypatch, capsys):
+    """max_neighbors: untruncated -> the smallest limit under which no training structure loses a
+    neighbour in any of the four graphs (the quadruplet graph's 8/30 share binds)."""
+    summary, datasets = _run(parent, tmp_path / "run", monkeypatch, max_neighbors="untruncated")
+    settings = load_model(summary["model"]).graph_settings
+    frames = ase.io.read(parent / "train.extxyz", ":")
+    counts = [np.bincount(neighbor_list("i", a, settings.cutoff), minlength=len(a)).max() for a in frames]
+    assert settings.qint_max_neighbors >= max(counts) > int((settings.max_neighbors - 1) * 8 / 30)
+    assert "untruncated: up to" in capsys.readouterr().err
+    for atoms in frames:
+        graphs = structure_graphs_from_atoms(atoms, settings)
+        assert len(graphs.truncated) == 0
+        full = structure_graphs_from_atoms(atoms, dataclasses.replace(settings, max_neighbors=10_000))
+        assert {g: graphs.num_edges(g) for g in graphs.edge_index} == {g: full.num_edges(g) for g in full.edge_index}
+    with pytest.raises(ValueError, match="a number or 'untruncated'"):
+        F.FinetuneConfig.from_dict(dict(pretrained="jmp-mini", train="x", targets=["energy"], out="o",
+                                        max_neighbors="all"))

@@ -49,13 +49,21 @@ ANTICIPATED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
               help="Output folder (model.ckpt, last.ckpt, metrics.csv, steps.csv); must not hold a run or model.")
 @click.option("--seed", type=int)
 @click.option("--cutoff", type=float, help="Graph cutoff in Å (default: the parent's).")
-@click.option("--max-neighbors", type=int, help="Neighbours per atom (default: the parent's).")
+@click.option("--max-neighbors", help="Neighbours per atom (default: the parent's), or 'untruncated': the "
+                                      "smallest limit under which no training structure loses a neighbour in any "
+                                      "graph, so energy and forces are continuous (more quadruplets: slower).")
 @click.option("--tags", type=click.Choice(["ignore", "oc20"]),
               help="How the data's tags are read (default: the parent's, else ignore): ignore (every atom tag 2) "
                    "or oc20 (0/1/2).")
 @click.option("--qint-tags", help="Tags of the atoms in the quadruplet graph, e.g. 1,2 (default: the parent's).")
 @click.option("--smooth-dihedral/--jmp-dihedral", default=None,
               help="Quadruplet basis: smooth (default with conservative forces) or JMP's exact dihedral.")
+@click.option("--dihedral-damping", type=float,
+              help="ε of the smooth basis: close to JMP's dihedral unless a triplet is within ~ε rad of "
+                   "collinear (0: damped by sin θ everywhere).")
+@click.option("--init-energy-head",
+              help="Start the energy head from this pre-training head of the parent (e.g. molecules-gfn2 of "
+                   "jmp-mini) instead of a new random head.")
 @click.option("--devices", help="Devices per node (a number or 'auto').")
 @click.option("--num-nodes", type=int, help="Nodes (several: one process per device on each).")
 @click.option("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, ...")

@@ -24,6 +24,7 @@ graph-level scalars, and for forces the mean over atoms of the Euclidean norm of
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -31,7 +32,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from jmp_ase.data.graph_settings import max_neighbors_keeping
 from jmp_ase.data.graphs import GraphSettings
+from jmp_ase.data.neighbors import largest_neighbor_count
 from jmp_ase.io.model_file import load_model
 from jmp_ase.nn.heads import HeadSpec
 from jmp_ase.keys import ENERGY_AND_DERIVATIVES
@@ -41,7 +44,8 @@ from jmp_ase.nn.model import FineTunedModel, ModelConfig
 from jmp_ase.training.checkpoints import AtomicCheckpointIO, EpochStepCheckpoint, keep_rows
 from jmp_ase.training.data import DatasetSpec, collate, dataset_statistics, fit_element_references, split_by_fraction
 from jmp_ase.training.ema import EMA
-from jmp_ase.training.finetune_config import FinetuneConfig
+from jmp_ase.training.data.readers import open_structures
+from jmp_ase.training.finetune_config import UNTRUNCATED, FinetuneConfig
 from jmp_ase.calculators.evaluation import ErrorSums
 from jmp_ase.training.finetune_module import FinetuneModule, StepRows, throughput
 from jmp_ase.training.head_init import head_specs_for_start, start_energy_head
@@ -113,9 +117,22 @@ def _graph(config: FinetuneConfig, parent: Parent | None):
     """(backbone, GraphSettings, sources) of the run: options, else the parent's, else defaults."""
     parent = parent or parent_of(config)
     backbone, values, sources = graph_settings(config, parent)
+    if values["max_neighbors"] == UNTRUNCATED:
+        values["max_neighbors"], sources["max_neighbors"] = untruncated_max_neighbors(config, values["cutoff"])
     return backbone, GraphSettings(cutoff=values["cutoff"], max_neighbors=values["max_neighbors"],
                                    qint_tags=tuple(backbone.qint_tags), tags=values["tags"],
                                    neighbor_order=NEW_MODEL_NEIGHBOR_ORDER), sources
+
+
+def untruncated_max_neighbors(config: FinetuneConfig, cutoff: float) -> tuple[int, str]:
+    """(max_neighbors, where it came from) under which no training structure is truncated in any
+    of the four graphs: the energy is then a continuous function of the training geometries."""
+    count = 0
+    for path in [config.train] if isinstance(config.train, (str, os.PathLike)) else config.train:
+        for atoms in open_structures(path, config.format, config.streaming):
+            count = max(count, largest_neighbor_count(atoms, cutoff))
+    value = max_neighbors_keeping(count)
+    return value, f"untruncated: up to {count} neighbours within {cutoff:g} Å in the training data"
 
 
 def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None) -> tuple[FineTunedModel, dict]:

@@ -8,6 +8,8 @@ from jmp_ase.training.config_io import build, read_yaml_mapping
 
 # Graph settings a fine-tuning run takes from its parent unless given: the model owns them.
 GRAPH_SETTINGS = ("cutoff", "max_neighbors", "tags", "qint_tags")
+#: max_neighbors value: the smallest limit under which no training structure loses a neighbour
+UNTRUNCATED = "untruncated"
 TAG_RULES = ("ignore", "oc20")
 
 
@@ -33,7 +35,7 @@ class FinetuneConfig:
     # Graph settings: None takes the parent's (a jmp-ase model file or pretrain.ckpt states them;
     # an original JMP checkpoint does not: then 12 Å (at most the radial basis), 30, ignore, (1, 2)).
     cutoff: float | None = None
-    max_neighbors: int | None = None
+    max_neighbors: int | str | None = None  # or "untruncated": enough that no training structure is truncated
     tags: str | None = None  # "ignore": every atom tag 2 (JMP's fine-tuning convention); "oc20": 0/1/2 from the data
     qint_tags: list | None = None  # tags of the atoms in the quadruplet graph (the backbone's setting)
     smooth_dihedral: bool | None = None  # smooth quadruplet basis; None: on with conservative forces
@@ -112,7 +114,11 @@ class FinetuneConfig:
             raise ValueError(f"checkpoint_minutes must be positive, got {self.checkpoint_minutes}")
         if self.cutoff is not None and not float(self.cutoff) > 0:
             raise ValueError(f"--cutoff must be positive (Å), got {self.cutoff}")
-        if self.max_neighbors is not None and int(self.max_neighbors) < 1:
+        if isinstance(self.max_neighbors, str) and self.max_neighbors.strip().isdigit():
+            self.max_neighbors = int(self.max_neighbors)
+        if isinstance(self.max_neighbors, str) and self.max_neighbors != UNTRUNCATED:
+            raise ValueError(f"--max-neighbors must be a number or {UNTRUNCATED!r}, got {self.max_neighbors!r}")
+        if isinstance(self.max_neighbors, (int, float)) and int(self.max_neighbors) < 1:
             raise ValueError(f"--max-neighbors must be at least 1, got {self.max_neighbors}")
         if self.tags is not None and self.tags not in TAG_RULES:
             raise ValueError(f"--tags must be one of {list(TAG_RULES)}, got {self.tags!r}")

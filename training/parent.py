@@ -16,7 +16,7 @@ from jmp_ase.nn.config import BackboneConfig
 from jmp_ase.io.pretrained import load_jmp_pretrained
 from jmp_ase.nn.config import resolve_backbone_config
 
-from jmp_ase.training.finetune_config import FinetuneConfig
+from jmp_ase.training.finetune_config import UNTRUNCATED, FinetuneConfig
 
 DEFAULT_CUTOFF, DEFAULT_MAX_NEIGHBORS, DEFAULT_TAGS = 12.0, 30, "ignore"
 
@@ -110,7 +110,9 @@ def graph_settings(config: FinetuneConfig, parent: Parent) -> tuple[BackboneConf
             values[name], sources[name] = inherited, "parent"
         else:
             values[name], sources[name] = default, "default"
-    values["cutoff"], values["max_neighbors"] = float(values["cutoff"]), int(values["max_neighbors"])
+    values["cutoff"] = float(values["cutoff"])
+    if values["max_neighbors"] != UNTRUNCATED:  # resolved from the training data by the caller
+        values["max_neighbors"] = int(values["max_neighbors"])
     if config.qint_tags is not None:
         backbone = dataclasses.replace(backbone, qint_tags=tuple(config.qint_tags))
         sources["qint_tags"] = "option"

@@ -77,6 +77,7 @@ def train_mace(python: str, files: dict, folder: Path, args) -> dict:
     """mace_run_train with the --mace-* settings; returns the model path and wall time."""
     model = folder / "mace.model"
     wall = None
+    folder.mkdir(parents=True, exist_ok=True)
     if not model.exists():
         cmd = [python, "-m", "mace.cli.run_train", "--name", "mace", "--train_file", str(files["train"]),
                "--valid_file", str(files["val"]), "--energy_key", "REF_energy", "--forces_key", "REF_forces",

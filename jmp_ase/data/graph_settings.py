@@ -88,6 +88,15 @@ class GraphSettings:
         return limits[graph_type]
 
 
+def max_neighbors_keeping(count: int) -> int:
+    """The smallest ``max_neighbors`` under which all four graphs keep ``count`` neighbours per
+    atom: the quadruplet graph's share (8/30) is the one that binds, so about 3.75 × count."""
+    k = max(1, -(-int(count) * 30 // 8))
+    while GraphSettings(max_neighbors=k).qint_max_neighbors < count:
+        k += 1
+    return k
+
+
 def resolve_tags(tags, policy: str = "auto") -> np.ndarray:
     """The tags the quadruplet graph uses under a tag ``policy``; returns an (N,) int64 array.
 

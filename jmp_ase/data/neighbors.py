@@ -68,6 +68,15 @@ def periodic_cell_problem(cell: np.ndarray, pbc: np.ndarray) -> str | None:
     return None
 
 
+def largest_neighbor_count(atoms, cutoff: float) -> int:
+    """Most neighbours any atom of ``atoms`` (ase.Atoms) has within ``cutoff`` Å, periodic
+    images included (a molecule's cell plays no role)."""
+    pbc = as_pbc(atoms.pbc)
+    cell = np.asarray(atoms.cell.array, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+    i, _, _, _ = vesin_pairs(as_positions(atoms.positions), cell, pbc, float(cutoff), full=True)
+    return int(np.bincount(i, minlength=len(atoms)).max()) if len(atoms) else 0
+
+
 def vesin_pairs(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, *, full: bool):
     """All pairs with distance < cutoff from vesin: (i, j, shifts, distance).
 
