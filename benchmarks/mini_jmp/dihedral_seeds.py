@@ -77,6 +77,10 @@ def main(argv=None) -> None:
     spec = load_yaml(HERE / "tasks.yaml")
     task = spec["tasks"][args.task]
     lr = args.lr or task.get("lr", spec["learning_rates"][-1])
+    missing = [task[k] for k in ("train", "val", "test") if k in task and not (args.data / task[k]).is_file()]
+    if missing:
+        raise SystemExit(f"Error: --data {args.data} lacks {missing[0]} (not the mini-JMP corpus?); it is not in "
+                         "the repository: see benchmarks/README.md, 'The mini-JMP corpus'")
     test_file = str(args.data.resolve() / task["test"])
     jobs = []
     for seed in args.seeds:

@@ -362,7 +362,8 @@ def main(argv=None) -> None:
     args.data, args.out = args.data.resolve(), args.out.resolve()
     args.results = args.results or args.out
     if not (args.data / "catalysis-emt" / "train.extxyz").is_file():
-        parser.error(f"{args.data} is not the mini-JMP corpus (no catalysis-emt/train.extxyz)")
+        raise SystemExit(f"Error: --data {args.data} is not the mini-JMP corpus (no catalysis-emt/train.extxyz); "
+                         "it is not in the repository: see benchmarks/README.md, 'The mini-JMP corpus'")
     if (args.out / "pretrain").exists():
         parser.error(f"{args.out} already holds a run; remove it or give another --out")
     spec = load_yaml(HERE / "tasks.yaml")

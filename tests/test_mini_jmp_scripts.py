@@ -1,0 +1,70 @@
+"""benchmarks/mini_jmp's scripts without the corpus: a missing --data path is one ``Error:``
+line (no traceback), and make_data.py regenerates a small catalysis-emt set in the corpus's
+layout and label conventions (EMT, a few seconds)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+from ase.io import read
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT / "benchmarks" / "mini_jmp"
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+@pytest.mark.parametrize("script", ["run.py", "dihedral_seeds.py"])
+def test_missing_corpus_is_one_error_line(script, tmp_path):
+    missing = tmp_path / "no-corpus"
+    proc = subprocess.run([sys.executable, str(MINI / script), "--data", str(missing), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and str(missing) in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_make_data_writes_a_small_catalysis_emt_set(tmp_path):
+    proc = subprocess.run([sys.executable, str(MINI / "make_data.py"), "--n", "24", "--max-steps", "8",
+                           "--n-xtb", "0", "--out", str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout.splitlines()[-1]
+    folder = tmp_path / "catalysis-emt"
+    generation = json.loads((folder / "generation.json").read_text())
+    assert generation["labeller"] == "ase EMT" and generation["seed"] == 0
+    frames = {split: read(folder / f"{split}.extxyz", ":") for split in ("train", "val", "test")}
+    assert {k: len(v) for k, v in frames.items()} == generation["counts"]
+    assert sum(generation["counts"].values()) == 24 and all(generation["counts"].values())
+    parents = {k: {a.info["parent"] for a in v} for k, v in frames.items()}
+    assert not (parents["train"] & parents["val"] or parents["train"] & parents["test"] or parents["val"] & parents["test"])
+    atoms = frames["train"][0]
+    assert atoms.info["config_type"] == "relaxation" and atoms.info["id"] == f"cat-{atoms.info['parent']}-0"
+    assert atoms.pbc.tolist() == [True, True, False]
+    assert set(atoms.get_tags()) <= {0, 1, 2} and 1 in atoms.get_tags()
+    fixed = atoms.constraints[0].index
+    assert len(fixed) > 0 and atoms.positions[fixed, 2].max() < atoms.positions[:, 2].min() + 0.5  # the bottom layer
+    # labels are EMT's energy and unconstrained forces
+    reference = atoms.copy()
+    reference.calc = EMT()
+    assert np.isclose(atoms.get_potential_energy(), reference.get_potential_energy(), atol=1e-6)
+    assert np.allclose(atoms.get_forces(apply_constraint=False), reference.get_forces(apply_constraint=False), atol=1e-5)
+
+
+def test_make_data_xtb_sets_with_tblite(tmp_path):
+    """Only where tblite is installed (it is not a dependency; CI skips this)."""
+    pytest.importorskip("tblite.ase")
+    proc = subprocess.run([sys.executable, str(MINI / "make_data.py"), "--n", "3", "--max-steps", "1", "--n-xtb", "12",
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for kind in ("molecules", "reactions"):
+        folder = tmp_path / f"{kind}-gfn2"
+        frames = read(folder / "train.extxyz", ":")
+        assert frames and not frames[0].pbc.any()
+        assert frames[0].info["config_type"].startswith(f"{kind}-sigma") and frames[0].get_forces().shape[1] == 3
+        assert json.loads((folder / "generation.json").read_text())["labeller"] == "tblite GFN2-xTB"
