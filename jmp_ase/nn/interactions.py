@@ -12,6 +12,7 @@ from jmp_ase.nn.layers import (
     Dense,
     EdgeEmbedding,
     EfficientInteractionBilinear,
+    basis_messages,
     ResidualLayer,
     ScaleFactor,
     chunk_bounds,
@@ -146,7 +147,7 @@ class QuadrupletInteraction(nn.Module):
 
         def part(start, stop, x_ext):
             rad_w, sph, trip_in = sph_chunks(start, stop)
-            return self.mlp_sbf.finish(rad_w, sph @ x_ext[trip_in])
+            return self.mlp_sbf.finish(rad_w, basis_messages(sph, x_ext[trip_in]))
 
         pieces = [recompute(part, a, b, x_ext) for a, b in chunk_bounds(sph_chunks.num_rows, sph_chunks.rows_per_chunk)]
         return torch.cat(pieces) if pieces else part(0, 0, x_ext)
