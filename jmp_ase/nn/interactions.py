@@ -13,6 +13,7 @@ from jmp_ase.nn.layers import (
     EdgeEmbedding,
     EfficientInteractionBilinear,
     basis_messages,
+    pad_rows,
     ResidualLayer,
     ScaleFactor,
     chunk_bounds,
@@ -172,8 +173,7 @@ class PairInteraction(nn.Module):
         if chunk_size is not None:
             return self._chunked(h, rad_basis, edge_index, target_inner, width, chunk_size)
         x_ba = self.down_projection(h)[edge_index[0]]
-        padded = x_ba.new_zeros(num_atoms, width, self.emb_size_pair_in)
-        padded[edge_index[1], target_inner] = x_ba
+        padded = pad_rows(x_ba, edge_index[1], target_inner, num_atoms, width)
         out = self.bilinear((rad_basis @ padded).reshape(num_atoms, -1))
         out = self.scale_rbf_sum(out, ref=x_ba)
         return self.up_projection(out)
