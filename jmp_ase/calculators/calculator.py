@@ -14,7 +14,7 @@ from ase.data import chemical_symbols
 from torch import nn
 
 import jmp_ase.keys as keys
-from jmp_ase.data.batch import atoms_arrays, batch_from_atoms
+from jmp_ase.data.batch import IndexCache, atoms_arrays, batch_from_atoms
 from jmp_ase.data.graphs import GraphSettings, validate_structure
 from jmp_ase.nn.backbone import with_memory_mode
 
@@ -151,15 +151,18 @@ class JMPCalculator(Calculator):
         self.graph_settings = settings
         self._force_warning_given = False
         self._neighbor_warning_given = False
+        self._index_cache = IndexCache()  # MD steps with unchanged graphs reuse the interaction indices
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_lock", None)  # a lock cannot be copied or pickled; the copy gets its own
+        state.pop("_index_cache", None)  # nor shared: the copy starts with an empty one
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        self._index_cache = IndexCache()
 
     @classmethod
     def from_jmp_checkpoint(cls, path, head: int | str = 0, ema: bool = False, cutoff: float | None = None,
@@ -328,7 +331,7 @@ class JMPCalculator(Calculator):
         truncated: list[np.ndarray] = []
         batch = batch_from_atoms(atoms_list, self.graph_settings, num_elements=predictor.num_elements,
                                  validate=False, dtype=self.dtype, local_origin=True,
-                                 truncated=truncated).to(self.device)
+                                 truncated=truncated, index_cache=self._index_cache).to(self.device)
         if not self._neighbor_warning_given:
             self._warn_neighbor_limit(truncated, first_index)
         with torch.set_grad_enabled(getattr(predictor, "needs_grad", True)):

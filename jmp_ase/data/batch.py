@@ -76,6 +76,53 @@ def padded_widths(indices: InteractionIndices) -> PaddedWidths:
     )
 
 
+class IndexCache:
+    """The interaction indices of the last batch, reused while its graphs stay the same.
+
+    In MD or a relaxation the four graphs (edges and cell offsets) of consecutive steps are
+    usually identical; the triplet and quadruplet indices depend on nothing else, so comparing
+    the graphs (a few integer tensors) replaces rebuilding the indices (for aspirin with
+    jmp-mini-aspirin, the larger part of a step's graph time). Holds one entry; the calculator
+    keeps one per instance. The indices returned must not be modified (nothing in jmp-ase does).
+    """
+
+    def __init__(self):
+        self._key: tuple | None = None
+        self._indices: InteractionIndices | None = None
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _key_of(graphs: dict, num_atoms: int) -> tuple:
+        return (int(num_atoms),) + tuple(
+            (name, graphs[name]["edge_index"], graphs[name]["cell_offset"]) for name in sorted(graphs)
+        )
+
+    @staticmethod
+    def _same(a: tuple, b: tuple) -> bool:
+        if len(a) != len(b) or a[0] != b[0]:
+            return False
+        for (name_a, ei_a, off_a), (name_b, ei_b, off_b) in zip(a[1:], b[1:]):
+            if name_a != name_b or ei_a.shape != ei_b.shape or off_a.shape != off_b.shape:
+                return False
+            if off_a.dtype != off_b.dtype or not (torch.equal(ei_a, ei_b) and torch.equal(off_a, off_b)):
+                return False
+        return True
+
+    def indices(self, graphs: dict, num_atoms: int) -> InteractionIndices:
+        """:func:`interaction_indices` of ``graphs`` with ``padded_width`` set; the previous
+        result when ``graphs`` and ``num_atoms`` equal the previous call's."""
+        key = self._key_of(graphs, num_atoms)
+        if self._key is not None and self._same(self._key, key):
+            self.hits += 1
+            return self._indices
+        self.misses += 1
+        indices = interaction_indices(graphs, num_atoms)
+        indices = dataclasses.replace(indices, padded_width=padded_widths(indices))
+        self._key, self._indices = key, indices
+        return indices
+
+
 def atoms_arrays(atoms) -> dict:
     """Numbers, positions, cell (zero if not periodic), pbc and tags (as the Atoms have them;
     the graph settings decide how they are read) of one ``Atoms``."""
@@ -134,6 +181,7 @@ def batch_from_atoms(
     dtype: torch.dtype = torch.float32,
     local_origin: bool = False,
     truncated: list | None = None,
+    index_cache: IndexCache | None = None,
 ) -> AtomsBatch:
     """Build an :class:`AtomsBatch` from ASE ``Atoms`` (one settings object, or one per structure).
 
@@ -143,6 +191,8 @@ def batch_from_atoms(
     same energies, forces and stress, float32 round-off independent of where the structure
     sits; the calculator does this). ``truncated``: a list to which the indices of the atoms
     whose neighbours the ``max_neighbors`` limit cut are appended, one array per structure.
+    ``index_cache``: an :class:`IndexCache` that reuses the previous call's interaction indices
+    while the graphs are unchanged (consecutive MD steps).
     """
     if len(atoms_list) == 0:
         raise ValueError("cannot build a batch from an empty list of structures")
@@ -165,15 +215,21 @@ def batch_from_atoms(
             positions, graph = local_frame(arr, graph)
             arrays[k] = dict(arr, positions=positions)
         graphs.append(graph)
-    return assemble_batch(arrays, graphs, dtype)
+    return assemble_batch(arrays, graphs, dtype, index_cache=index_cache)
 
 
-def assemble_batch(arrays: Sequence[dict], graphs: Sequence, dtype: torch.dtype = torch.float32) -> AtomsBatch:
+def assemble_batch(arrays: Sequence[dict], graphs: Sequence, dtype: torch.dtype = torch.float32,
+                   index_cache: IndexCache | None = None) -> AtomsBatch:
     """Concatenate per-structure arrays (see :func:`atoms_arrays`) and graphs into one batch;
-    the interaction indices are computed once for the whole batch."""
+    the interaction indices are computed once for the whole batch (or taken from
+    ``index_cache`` when the graphs equal its last ones)."""
     natoms = [len(a["numbers"]) for a in arrays]
-    indices = interaction_indices(batch_graphs(list(graphs), natoms), sum(natoms))
-    indices = dataclasses.replace(indices, padded_width=padded_widths(indices))
+    batched = batch_graphs(list(graphs), natoms)
+    if index_cache is not None:
+        indices = index_cache.indices(batched, sum(natoms))
+    else:
+        indices = interaction_indices(batched, sum(natoms))
+        indices = dataclasses.replace(indices, padded_width=padded_widths(indices))
     return AtomsBatch(
         numbers=torch.from_numpy(np.concatenate([a["numbers"] for a in arrays])),
         positions=torch.from_numpy(np.concatenate([a["positions"] for a in arrays])).to(dtype),

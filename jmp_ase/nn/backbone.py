@@ -26,6 +26,69 @@ AUTO_LEAN_SLOTS = 1_000_000
 
 
 _ALLOCATOR_TUNED = False
+# Estimates below this many bytes are not compared with the available memory (no /proc read).
+MEMORY_CHECK_BYTES = 256 * 2**20
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Memory a forward pass may still use: free GPU memory (``torch.cuda.mem_get_info``) on a
+    CUDA device, ``MemAvailable`` of /proc/meminfo on the CPU; None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def estimate_peak_bytes(config: BackboneConfig, idx: InteractionIndices, num_atoms: int, itemsize: int,
+                        lean: bool, grad: bool) -> int:
+    """A low estimate of the memory one backbone pass allocates, from the graph sizes alone.
+
+    Counts only the largest tensors: per main edge and block, activations of width
+    ``emb_size_edge`` (about 12 kept per block for backward, 3 at a time without gradients);
+    in fast mode also the padded quadruplet basis (S² per padded slot) and per block its padded
+    messages (about 8 x ``emb_size_quad_in`` kept per slot for backward), and the padded
+    a2a messages. Below the measured peaks of JMP-S conservative passes (benchmarks/README.md,
+    float32, cutoff 12 Å: Cu 108 fast 3.4 GB estimated / 4.4 GB measured, Cu 256 fast 8.4 / 9.6,
+    lean 0.7 / 0.9, Cu 1372 lean 3.8 / 4.7), so a pass refused by :func:`check_memory` would
+    not have fitted.
+    """
+    c, width = config, idx.padded_width
+    edges = idx.main_edge_index.shape[1]
+    per_edge = (12 * c.num_blocks if grad else 3) * c.emb_size_edge
+    total = edges * per_edge
+    if not lean:
+        slots = edges * width.quad
+        total += slots * (c.num_spherical ** 2 + (8 * c.num_blocks if grad else 3) * c.emb_size_quad_in)
+        total += num_atoms * width.a2a * (c.emb_size_rbf + c.emb_size_aint_in * (c.num_blocks if grad else 1))
+    return int(total) * int(itemsize)
+
+
+def check_memory(estimate: int, available: int | None, num_atoms: int, lean: bool) -> None:
+    """Raise ``MemoryError`` (naming the atom count and what to do) when ``estimate`` bytes do
+    not fit in ``available``."""
+    if available is None or estimate <= available:
+        return
+    def size(n):
+        return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+    if lean:
+        advice = ("it does not fit even in lean memory mode: use a machine (or GPU) with more memory, "
+                  "or a smaller system")
+    else:
+        advice = ("use lean memory mode: JMPCalculator(..., memory='lean'), model.memory = 'lean', or "
+                  "jmp-train ... --memory lean (same numbers, a fraction of the memory)")
+    raise MemoryError(
+        f"a system of {num_atoms} atoms needs at least {size(estimate)} for this model pass "
+        f"({'lean' if lean else 'fast'} memory mode), but only {size(available)} are available: {advice}"
+    )
 
 
 def return_freed_memory_to_os() -> None:
@@ -152,18 +215,47 @@ class GemNetOCBackbone(nn.Module):
     def memory(self, value: str):
         self._memory = check_memory_mode(value)
 
-    def lean_chunk_size(self, idx: InteractionIndices) -> int | None:
-        """The chunk size this forward pass uses (None: fast path), from host-side sizes only."""
+    def lean_chunk_size(self, idx: InteractionIndices, num_atoms: int | None = None,
+                        reference: torch.Tensor | None = None) -> int | None:
+        """The chunk size this forward pass uses (None: fast path), from host-side sizes only.
+
+        With ``num_atoms`` and ``reference`` (a tensor of the pass: dtype, device; gradients
+        count when it requires them or grad mode is on), the estimated peak memory
+        (:func:`estimate_peak_bytes`) is compared with the available memory: ``auto`` turns lean
+        where fast would not fit, and a pass that fits in neither mode raises ``MemoryError``
+        before any work (instead of the kernel killing the process)."""
         mode = self._memory
         if mode == "auto":
             slots = idx.main_edge_index.shape[1] * idx.padded_width.quad
             mode = "lean" if slots > AUTO_LEAN_SLOTS else "fast"
+        observing = any(isinstance(mod, ScaleFactor) and mod.observer is not None for mod in self.modules())
+        if observing:
+            mode = "fast"  # fitting scale factors observes whole tensors
+        if num_atoms is not None and reference is not None:
+            mode = self._check_memory(idx, num_atoms, reference, mode, may_turn_lean=self._memory == "auto"
+                                      and not observing)
         if mode == "fast":
             return None
-        if any(isinstance(mod, ScaleFactor) and mod.observer is not None for mod in self.modules()):
-            return None  # fitting scale factors observes whole tensors
         return_freed_memory_to_os()
         return max(1, int(DEFAULT_CHUNK_SIZE if self.chunk_size is None else self.chunk_size))
+
+    def _check_memory(self, idx, num_atoms: int, reference: torch.Tensor, mode: str, may_turn_lean: bool) -> str:
+        grad = torch.is_grad_enabled()
+        itemsize = reference.element_size()
+
+        def estimate(lean):
+            return estimate_peak_bytes(self.config, idx, num_atoms, itemsize, lean=lean, grad=grad)
+
+        need = estimate(mode == "lean")
+        if need < MEMORY_CHECK_BYTES:
+            return mode
+        available = available_memory_bytes(reference.device)
+        if available is None or need <= available:
+            return mode
+        if mode == "fast" and may_turn_lean:
+            need, mode = estimate(True), "lean"
+        check_memory(need, available, num_atoms, lean=mode == "lean")
+        return mode
 
     def geometry(self, positions, cell, atom_batch, idx) -> dict:
         """Distances and unit vectors of the four graphs (see :func:`edge_geometry`)."""
@@ -186,7 +278,7 @@ class GemNetOCBackbone(nn.Module):
             raise ValueError("idx lacks padded_width: build batches with jmp_ase.data.batch.batch_from_atoms or "
                              "assemble_batch, or use dataclasses.replace(idx, padded_width=padded_widths(idx))")
         num_atoms = h.shape[0]
-        chunk_size = self.lean_chunk_size(idx)
+        chunk_size = self.lean_chunk_size(idx, num_atoms, positions)
         geom = self.geometry(positions, cell, atom_batch, idx)
         bases = self.bases(h, geom, idx, num_atoms, chunk_size=chunk_size)
         m = bases["m"]

@@ -12,6 +12,8 @@ from jmp_ase.nn.layers import (
     Dense,
     EdgeEmbedding,
     EfficientInteractionBilinear,
+    basis_messages,
+    pad_rows,
     ResidualLayer,
     ScaleFactor,
     chunk_bounds,
@@ -146,7 +148,7 @@ class QuadrupletInteraction(nn.Module):
 
         def part(start, stop, x_ext):
             rad_w, sph, trip_in = sph_chunks(start, stop)
-            return self.mlp_sbf.finish(rad_w, sph @ x_ext[trip_in])
+            return self.mlp_sbf.finish(rad_w, basis_messages(sph, x_ext[trip_in]))
 
         pieces = [recompute(part, a, b, x_ext) for a, b in chunk_bounds(sph_chunks.num_rows, sph_chunks.rows_per_chunk)]
         return torch.cat(pieces) if pieces else part(0, 0, x_ext)
@@ -171,8 +173,7 @@ class PairInteraction(nn.Module):
         if chunk_size is not None:
             return self._chunked(h, rad_basis, edge_index, target_inner, width, chunk_size)
         x_ba = self.down_projection(h)[edge_index[0]]
-        padded = x_ba.new_zeros(num_atoms, width, self.emb_size_pair_in)
-        padded[edge_index[1], target_inner] = x_ba
+        padded = pad_rows(x_ba, edge_index[1], target_inner, num_atoms, width)
         out = self.bilinear((rad_basis @ padded).reshape(num_atoms, -1))
         out = self.scale_rbf_sum(out, ref=x_ba)
         return self.up_projection(out)

@@ -1,0 +1,132 @@
+"""Where the time of one energy + forces evaluation goes: per-op profile and median step time.
+
+Cases:
+
+* ``aspirin-md``: one NVE MD step (velocity Verlet, 0.5 fs) of aspirin with the shipped
+  ``jmp-mini-aspirin`` model through :class:`~jmp_ase.calculators.calculator.JMPCalculator`
+  (graph building, model, forces: one calculator call per step);
+* ``jmps-<system>-<mode>``: JMP-S (random weights, cutoff 12 Å, max_neighbors 30) on a prebuilt
+  batch, ``mode`` direct (pre-training heads under ``no_grad``) or conservative (energy head,
+  forces by autograd); ``system`` aspirin or a Cu atom count (rattled fcc: 108 = 3x3x3 cubic).
+
+    python benchmarks/profile.py --cases aspirin-md,jmps-108-conservative --threads 1 --rows 15
+
+Prints the machine line of ``backbone_speed.py``, the median step time over ``--repeats``
+calls after ``--warmup``, then a torch.profiler table (forward and backward ops together)
+sorted by self CPU time, top ``--rows``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backbone_speed import CUTOFF, MAX_NEIGHBORS, machine, system  # noqa: E402
+
+from ase.build import bulk  # noqa: E402
+
+from jmp_ase.data.batch import batch_from_atoms  # noqa: E402
+from jmp_ase.data.graphs import GraphSettings  # noqa: E402
+from jmp_ase.nn.config import jmp_s  # noqa: E402
+from jmp_ase.nn.heads import HeadSpec  # noqa: E402
+from jmp_ase.nn.model import FineTunedModel, JMPPretrainedModel, ModelConfig  # noqa: E402
+
+
+def cu_cubic(natoms: int):
+    """Rattled cubic fcc Cu n x n x n (4 n^3 atoms, n^3 closest to natoms / 4)."""
+    n = max(1, round((natoms / 4) ** (1 / 3)))
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(n)
+    atoms.rattle(0.05, seed=0)
+    return atoms
+
+
+def aspirin_md_step():
+    """A callable doing one velocity Verlet step (0.5 fs, 300 K start) of aspirin with the shipped
+    jmp-mini-aspirin model: one calculator call (graphs, model, forces) per step."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    from jmp_ase import JMPCalculator
+
+    _, atoms = system("aspirin")
+    atoms.calc = JMPCalculator("jmp-mini-aspirin")
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+
+    def step():
+        dyn.run(1)
+
+    return step
+
+
+def jmps_step(spec: str, mode: str, dtype=torch.float32):
+    atoms = system("aspirin")[1] if spec == "aspirin" else cu_cubic(int(spec))
+    batch = batch_from_atoms([atoms], GraphSettings(cutoff=CUTOFF, max_neighbors=MAX_NEIGHBORS), dtype=dtype)
+    torch.manual_seed(0)
+    if mode == "direct":
+        model = JMPPretrainedModel(jmp_s(), num_tasks=1).to(dtype).eval()
+
+        def step():
+            with torch.no_grad():
+                return model(batch, task=0)
+    else:
+        model = FineTunedModel(ModelConfig(jmp_s(), [HeadSpec("energy")], CUTOFF, MAX_NEIGHBORS)).to(dtype).eval()
+
+        def step():
+            return model(batch)
+    return step
+
+
+def make_case(name: str):
+    if name == "aspirin-md":
+        return aspirin_md_step()
+    prefix, spec, mode = name.split("-")
+    if prefix != "jmps" or mode not in ("direct", "conservative"):
+        raise SystemExit(f"unknown case {name!r}")
+    return jmps_step(spec, mode)
+
+
+def median_ms(fn, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", default="aspirin-md,jmps-108-conservative")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--rows", type=int, default=15)
+    p.add_argument("--no-profile", action="store_true", help="median step time only")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"# machine: {machine()}")
+    for name in args.cases.split(","):
+        step = make_case(name)
+        ms = median_ms(step, args.warmup, args.repeats)
+        print(f"\n## {name}: median {ms:.1f} ms per step ({args.repeats} steps after {args.warmup} warm-up)")
+        if args.no_profile:
+            continue
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows,
+                                        max_name_column_width=40))
+    print(f"# end: {machine().rsplit('; ', 1)[-1]}")
+
+
+if __name__ == "__main__":
+    main()

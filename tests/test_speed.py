@@ -1,0 +1,116 @@
+"""The per-step speed-ups keep the numbers: the transposed basis contraction, the interaction
+index cache of the calculator, and the memory check that refuses a pass that cannot fit
+(MemoryError naming the atom count and lean mode, instead of the kernel killing the process)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from jmp_ase.calculators.calculator import JMPCalculator
+from jmp_ase.data.batch import IndexCache, batch_from_atoms
+from jmp_ase.nn import backbone as backbone_module
+from jmp_ase.nn.layers import basis_messages
+from models import methanol, tiny_model
+
+
+def copper(rattle=0.05, seed=3):
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+    atoms.rattle(rattle, seed=seed)
+    return atoms
+
+
+@pytest.mark.parametrize("s,c", [(49, 8), (49, 32), (7, 64), (49, 24)])
+def test_basis_messages_is_the_plain_product(s, c):
+    gen = torch.Generator().manual_seed(0)
+    sph = torch.randn(5, 11, s, dtype=torch.float64, generator=gen).transpose(1, 2)  # as forward_padded lays it out
+    x = torch.randn(5, 11, c, dtype=torch.float64, generator=gen)
+    out = basis_messages(sph, x)
+    assert out.shape == (5, s, c) and out.is_contiguous()
+    torch.testing.assert_close(out, sph @ x, rtol=1e-14, atol=1e-14)
+
+
+def test_index_cache_reuses_indices_only_for_identical_graphs():
+    model = tiny_model()
+    cache = IndexCache()
+    atoms = methanol()
+    first = batch_from_atoms([atoms], model.graph_settings, index_cache=cache)
+    atoms.positions[0] += 1e-4  # same graphs
+    second = batch_from_atoms([atoms], model.graph_settings, index_cache=cache)
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert second.indices is first.indices
+    fresh = batch_from_atoms([atoms], model.graph_settings)
+    torch.testing.assert_close(second.indices.quad.out, fresh.indices.quad.out, rtol=0, atol=0)
+    assert second.indices.padded_width == fresh.indices.padded_width
+    atoms.positions[0] += 3.0  # other graphs
+    third = batch_from_atoms([atoms], model.graph_settings, index_cache=cache)
+    assert cache.misses == 2 and third.indices is not first.indices
+    other = copper()
+    batch_from_atoms([other], model.graph_settings, index_cache=cache)
+    assert cache.misses == 3
+
+
+def test_calculator_md_steps_match_fresh_calculators():
+    """A calculator that reuses its indices gives, step after step, what a new one gives."""
+    model = tiny_model(elements=[29])
+    calc = JMPCalculator(model, dtype="float64")
+    atoms = copper()
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        atoms.positions += rng.normal(scale=2e-3, size=atoms.positions.shape)
+        atoms.calc = calc
+        forces = atoms.get_forces()
+        energy = atoms.get_potential_energy()
+        ref = atoms.copy()
+        ref.calc = JMPCalculator(model, dtype="float64")
+        np.testing.assert_allclose(forces, ref.get_forces(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(energy, ref.get_potential_energy(), rtol=1e-13)
+    assert calc._index_cache.hits >= 1
+
+
+@pytest.fixture
+def small_memory(monkeypatch):
+    """Every pass is checked, against ``available[0]`` bytes."""
+    available = [1]
+    monkeypatch.setattr(backbone_module, "MEMORY_CHECK_BYTES", 0)
+    monkeypatch.setattr(backbone_module, "available_memory_bytes", lambda device: available[0])
+    return available
+
+
+def test_too_large_system_raises_memory_error_naming_atoms_and_lean(small_memory):
+    model = tiny_model(elements=[29])
+    atoms = copper()
+    model.memory = "fast"
+    calc = JMPCalculator(model, memory="fast")
+    with pytest.raises(MemoryError, match=rf"{len(atoms)} atoms.*memory='lean'.*--memory lean"):
+        calc.get_forces(atoms)
+    model.memory = "lean"
+    batch = batch_from_atoms([atoms], model.graph_settings)
+    with pytest.raises(MemoryError, match=rf"{len(atoms)} atoms.*even in lean memory mode"):
+        model(batch)
+
+
+def test_auto_turns_lean_where_fast_would_not_fit(small_memory, monkeypatch):
+    model = tiny_model().double()
+    atoms = copper()
+    batch = batch_from_atoms([atoms], model.graph_settings, dtype=torch.float64)
+    model.memory = "fast"
+    small_memory[0] = 2**50
+    fast = model(batch)
+    idx, n = batch.indices, len(atoms)
+    lean_need = backbone_module.estimate_peak_bytes(model.config, idx, n, 8, lean=True, grad=True)
+    fast_need = backbone_module.estimate_peak_bytes(model.config, idx, n, 8, lean=False, grad=True)
+    assert lean_need < fast_need
+    small_memory[0] = (lean_need + fast_need) // 2
+    model.memory = "auto"
+    chosen = []
+    monkeypatch.setattr(backbone_module, "return_freed_memory_to_os", lambda: chosen.append("lean"))
+    auto = model(batch)
+    assert chosen == ["lean"]
+    for key in ("energy", "forces"):
+        torch.testing.assert_close(auto[key], fast[key], rtol=1e-12, atol=1e-12)
+    small_memory[0] = fast_need  # fits: nothing changes
+    chosen.clear()
+    model(batch)
+    assert chosen == []
