@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from jmp_ase.nn.config import DEFAULT_DIHEDRAL_DAMPING
 from jmp_ase.training.config_io import build, read_yaml_mapping
 
 # Graph settings a fine-tuning run takes from its parent unless given: the model owns them.
@@ -39,7 +40,7 @@ class FinetuneConfig:
     tags: str | None = None  # "ignore": every atom tag 2 (JMP's fine-tuning convention); "oc20": 0/1/2 from the data
     qint_tags: list | None = None  # tags of the atoms in the quadruplet graph (the backbone's setting)
     smooth_dihedral: bool | None = None  # smooth quadruplet basis; None: on with conservative forces
-    dihedral_damping: float = 0.0  # ε of the smooth basis (BackboneConfig.dihedral_damping)
+    dihedral_damping: float = DEFAULT_DIHEDRAL_DAMPING  # ε of the smooth basis (BackboneConfig.dihedral_damping)
     init_energy_head: str | None = None  # start the energy head from this pre-training head of the parent (head_init.py)
     force_error_limit: float = 100.0  # stop when a structure's force error exceeds this many force-label RMS
     loss_weights: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 1.0})

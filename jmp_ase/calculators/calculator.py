@@ -170,7 +170,7 @@ class JMPCalculator(Calculator):
                             energy_shift: float = 0.0, force_scale: float | None = None,
                             element_references: dict[int, float] | None = None,
                             forces: str = "direct", smooth_dihedral: bool | None = None,
-                            tags: str | None = None, neighbor_order: str | None = None,
+                            dihedral_damping: float | None = None, tags: str | None = None, neighbor_order: str | None = None,
                             memory: str | None = None,
                             device: str = "cpu", dtype: str = "float32") -> "JMPCalculator":
         """Calculator on pre-training head ``head`` (index or task name) of a pre-trained checkpoint:
@@ -186,7 +186,8 @@ class JMPCalculator(Calculator):
         ``forces="conservative"`` gives -dE/dr of the head's energy and, for 3-D periodic cells,
         the stress (what NVE/NPT need) instead of the direct-force head. ``smooth_dihedral=True``
         evaluates the same weights with the smooth quadruplet basis (energy and forces
-        continuous where atoms are collinear, but not the function JMP trained; see README).
+        continuous where atoms are collinear; away from collinearity close to the function JMP
+        trained, within ε = ``dihedral_damping`` rad of it damped; see README).
         ``tags``: ``"ignore"`` or ``"oc20"``; by default the head's training setting as the file
         states it, else ``"ignore"``. ``neighbor_order``: ``"jmp"`` (default, as JMP trained
         the heads) or ``"canonical"`` (independent of the atom order, see GraphSettings).
@@ -198,7 +199,8 @@ class JMPCalculator(Calculator):
         from jmp_ase.calculators.predictors import PretrainHeadPredictor
 
         _check_device(device)  # before loading the weights
-        model, names = load_jmp_pretrained(path, ema=ema, config=config, smooth_dihedral=smooth_dihedral)
+        model, names = load_jmp_pretrained(path, ema=ema, config=config, smooth_dihedral=smooth_dihedral,
+                                           dihedral_damping=dihedral_damping)
         task = _head_index(head, names, len(model.output.out_energy))
         info = model.task_info[task] if model.task_info else {}
 
