@@ -15,7 +15,7 @@ from jmp_ase.data.batch import batch_from_atoms
 from jmp_ase.calculators.calculator import JMPCalculator
 from models import emt_clusters
 from jmp_ase.io.model_file import load_model
-from jmp_ase.nn.config import tiny
+from jmp_ase.nn.config import DEFAULT_DIHEDRAL_DAMPING, tiny
 from jmp_ase.nn.heads import HeadSpec
 from jmp_ase.nn.model import FineTunedModel, ModelConfig
 from jmp_ase.training.data import DatasetSpec, collate
@@ -319,7 +319,8 @@ def test_scratch_takes_the_parents_architecture_not_its_weights(data_dir, refere
     model, _ = build_model(config, dataset)
     backbone, state, _ = load_parent(parent)
     # The parent's architecture, with the smooth quadruplet basis that conservative forces turn on.
-    assert model.model_config.backbone == dataclasses.replace(backbone, smooth_dihedral=True)
+    assert model.model_config.backbone == dataclasses.replace(backbone, smooth_dihedral=True,
+                                                              dihedral_damping=DEFAULT_DIHEDRAL_DAMPING)
     assert model.model_config.provenance == {"parent": "scratch", "architecture_of": parent}
     ours = model.state_dict()
     assert set(state) <= set(ours)
