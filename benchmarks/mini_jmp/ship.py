@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import ase.io
@@ -91,6 +92,9 @@ def ship_finetuned(name: str, model_path: Path, dataset: str, extra: dict, data:
     from jmp_ase.io.model_file import load_model, save_model
 
     model = load_model(model_path)
+    record = model.model_config.provenance
+    if record.get("parent_path"):  # no machine-specific paths in a shipped file
+        record["parent_path"] = Path(str(record["parent_path"])).name
     full = ase.io.read(data / dataset / "test.extxyz", ":")
     structures, path = test_slice(data, dataset, test_data)
     calc = JMPCalculator(model)
@@ -130,7 +134,21 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mini-jmp")
     parser.add_argument("--models", type=Path, default=REPO / "jmp_ase" / "models")
     parser.add_argument("--test-data", type=Path, default=REPO / "tests" / "data" / "shipped")
+    parser.add_argument("--aspirin", type=Path, default=None, metavar="MODEL",
+                        help="re-ship only jmp-mini-aspirin, from this fine-tuned model file")
+    parser.add_argument("--recipe", default="", help="with --aspirin: how MODEL was made (recorded)")
     args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        raise SystemExit(f"Error: --data {args.data} is not a folder (the mini-JMP corpus)")
+    if args.aspirin is not None:
+        sys.path.insert(0, str(HERE.parent))
+        from backbone_speed import machine
+
+        ship_finetuned("jmp-mini-aspirin", args.aspirin, "aspirin-gfn1", {
+            "data": "mini-jmp/aspirin-gfn1/train.extxyz (1000, GFN1-xTB E+F), val.extxyz (50)",
+            "recipe": args.recipe or "see the model's provenance", "machine": machine()},
+            args.data, args.models, args.test_data)
+        return
     ship_all(args.run, json.loads(args.results.read_text()), args.data, args.models, args.test_data)
 
 

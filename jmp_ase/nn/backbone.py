@@ -281,13 +281,13 @@ class GemNetOCBackbone(nn.Module):
         chunk_size = self.lean_chunk_size(idx, num_atoms, positions)
         geom = self.geometry(positions, cell, atom_batch, idx)
         bases = self.bases(h, geom, idx, num_atoms, chunk_size=chunk_size)
-        m = bases["m"]
+        m = bases.m
         target = idx.main_edge_index[1]
 
         def output(out_block, h, m, bases):
             if chunk_size is None:
-                return out_block(h, m, bases["output"], target, with_forces=edge_embedding)
-            return out_block.forward_lean(h, m, bases["output"], target, chunk_size, with_forces=edge_embedding)
+                return out_block(h, m, bases.output, target, with_forces=edge_embedding)
+            return out_block.forward_lean(h, m, bases.output, target, chunk_size, with_forces=edge_embedding)
 
         def interaction(block, out_block, h, m, bases):
             if chunk_size is None:

@@ -6,6 +6,7 @@ JMP-S/L) before entering the basis, independently of the graph cutoff.
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -231,6 +232,36 @@ def dihedral_angle(normal_1: torch.Tensor, normal_2: torch.Tensor) -> torch.Tens
     return angle_between(safe_1, safe_2)
 
 
+class InteractionBasis(NamedTuple):
+    """The bases one interaction reads: ``rad`` (E, emb_size_rbf) radial weights per edge;
+    ``cir`` the circular (triplet) part, in the layout its interaction contracts (padded
+    (radial weights, basis) pair, or per triplet); ``sph`` the quadruplet basis: a padded pair,
+    or in lean mode a :class:`QuadrupletBasisChunks` evaluated per chunk of edges."""
+
+    rad: torch.Tensor
+    cir: Any
+    sph: Any = None
+
+
+class BasisSet(NamedTuple):
+    """Everything :meth:`Bases.forward` computes once per pass, for every block.
+
+    ``m`` (E_main, emb_size_edge) initial edge embeddings; ``atom_update`` / ``output``
+    (E_main, emb_size_rbf) radial weights of the atom-update and output blocks; one
+    :class:`InteractionBasis` per interaction (``e2e`` triplets, ``qint`` quadruplets, ``a2e``
+    atom-to-edge, ``e2a`` edge-to-atom); ``a2a_rad`` the padded (N, emb_size_rbf, K_a2a) radial
+    weights of the atom-to-atom interaction."""
+
+    m: torch.Tensor
+    atom_update: torch.Tensor
+    output: torch.Tensor
+    qint: InteractionBasis
+    e2e: InteractionBasis
+    a2e: InteractionBasis
+    e2a: InteractionBasis
+    a2a_rad: torch.Tensor
+
+
 class Bases(nn.Module):
     """All basis functions and their shared embeddings, plus the initial edge embedding ``m``.
 
@@ -310,7 +341,7 @@ class Bases(nn.Module):
         pieces = [recompute(part, distance[a:b]) for a, b in chunk_bounds(distance.shape[0], chunk_size)]
         return torch.cat(pieces) if pieces else part(distance)
 
-    def forward(self, h: torch.Tensor, geom: dict, idx: InteractionIndices, num_atoms: int, chunk_size: int | None = None) -> dict:
+    def forward(self, h: torch.Tensor, geom: dict, idx: InteractionIndices, num_atoms: int, chunk_size: int | None = None) -> BasisSet:
         """Compute every basis used by the interaction and output blocks.
 
         ``geom[g]`` holds ``distance`` (E_g,) Å and ``vector`` (E_g, 3) unit vectors
@@ -354,37 +385,29 @@ class Bases(nn.Module):
             rad_cir_e2a, cir_e2a, t_e2a.out, t_e2a.out_agg, width.trip_e2a
         )
         a2a_rad_w = self._a2a_radial(a2a["distance"], chunk_size)
-        return {
-            "m": self.edge_emb(h, rad_main, idx.main_edge_index),
-            "atom_update": self.mlp_rbf_h(rad_main),
-            "output": self.mlp_rbf_out(rad_main),
-            "qint": {
-                "rad": self.mlp_rbf_qint(rad_main),
-                "cir": self.mlp_cbf_qint.forward_gathered(rad_cir_qint, cir_qint, quad.triplet_in.out),
-                "sph": sph_qint,
-            },
-            "e2e": {
-                "rad": self.mlp_rbf_tint(rad_main),
-                "cir": self.mlp_cbf_tint.forward_padded(
-                    rad_cir_e2e, cir_e2e, trip.out, trip.out_agg, width.trip_e2e
-                ),
-            },
-            "a2e": {
-                "rad": self.mlp_rbf_aeint(rad_aea),
-                "cir": self.mlp_cbf_aeint.forward_padded(
-                    rad_cir_a2e, cir_a2e, t_a2e.out, t_a2e.out_agg, width.trip_a2e
-                ),
-            },
-            "e2a": {
-                "rad": self.mlp_rbf_eaint(rad_main),
-                "cir": (
-                    self.mlp_cbf_eaint.pad_radial_by_atom(
-                        e2a_rad_w, aea_target, idx.a2ee2a_target_inner, num_atoms, width.a2ee2a
-                    ),
-                    e2a_sph,
-                ),
-            },
-            "a2a_rad": self.mlp_rbf_aint.pad_radial_by_atom(
-                a2a_rad_w, idx.a2a_edge_index[1], idx.a2a_target_inner, num_atoms, width.a2a
+        return BasisSet(
+            m=self.edge_emb(h, rad_main, idx.main_edge_index),
+            atom_update=self.mlp_rbf_h(rad_main),
+            output=self.mlp_rbf_out(rad_main),
+            qint=InteractionBasis(
+                rad=self.mlp_rbf_qint(rad_main),
+                cir=self.mlp_cbf_qint.forward_gathered(rad_cir_qint, cir_qint, quad.triplet_in.out),
+                sph=sph_qint,
             ),
-        }
+            e2e=InteractionBasis(
+                rad=self.mlp_rbf_tint(rad_main),
+                cir=self.mlp_cbf_tint.forward_padded(rad_cir_e2e, cir_e2e, trip.out, trip.out_agg, width.trip_e2e),
+            ),
+            a2e=InteractionBasis(
+                rad=self.mlp_rbf_aeint(rad_aea),
+                cir=self.mlp_cbf_aeint.forward_padded(rad_cir_a2e, cir_a2e, t_a2e.out, t_a2e.out_agg,
+                                                      width.trip_a2e),
+            ),
+            e2a=InteractionBasis(
+                rad=self.mlp_rbf_eaint(rad_main),
+                cir=(self.mlp_cbf_eaint.pad_radial_by_atom(e2a_rad_w, aea_target, idx.a2ee2a_target_inner,
+                                                           num_atoms, width.a2ee2a), e2a_sph),
+            ),
+            a2a_rad=self.mlp_rbf_aint.pad_radial_by_atom(a2a_rad_w, idx.a2a_edge_index[1], idx.a2a_target_inner,
+                                                         num_atoms, width.a2a),
+        )

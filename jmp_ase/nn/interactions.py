@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from jmp_ase.data.index_types import InteractionIndices
+from jmp_ase.nn.bases import BasisSet
 
 from jmp_ase.nn.layers import (
     Dense,
@@ -58,14 +59,14 @@ class TripletInteraction(nn.Module):
         x_ba = self.dense_ba(m)
         if expand_idx is not None:
             x_ba = x_ba[expand_idx]
-        x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases["rad"]), ref=x_ba)
+        x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases.rad), ref=x_ba)
         if chunk_size is None:
             x_ba = self.down_projection(x_ba)[idx.in_]
-            x = self.mlp_cbf(bases["cir"], x_ba, idx.out, idx.out_agg, idx_agg2, idx_agg2_inner, agg2_out_size,
+            x = self.mlp_cbf(bases.cir, x_ba, idx.out, idx.out_agg, idx_agg2, idx_agg2_inner, agg2_out_size,
                              agg2_width)
         else:
             x_ba = self.down_projection(x_ba)
-            x = self.mlp_cbf.forward_chunked(bases["cir"], x_ba, idx.in_, idx.out, idx.out_agg, chunk_size,
+            x = self.mlp_cbf.forward_chunked(bases.cir, x_ba, idx.in_, idx.out, idx.out_agg, chunk_size,
                                              idx_agg2, idx_agg2_inner, agg2_out_size, agg2_width)
         x = self.scale_cbf_sum(x, ref=x_ba)
         if self.symmetric_mp:
@@ -112,17 +113,17 @@ class QuadrupletInteraction(nn.Module):
         self.up_projection_ac = Dense(emb_size_quad_out, emb_size_edge, activation=activation, dropout=dropout)
 
     def forward(self, m, bases, quad, id_swap):
-        """``bases["sph"]`` is the padded pair (radial weights, spherical basis), or, in lean mode,
+        """``bases.sph`` is the padded pair (radial weights, spherical basis), or, in lean mode,
         a :class:`jmp_ase.nn.bases.QuadrupletBasisChunks` that evaluates it per chunk of edges."""
         x_db = self.dense_db(m)
-        x_db = self.scale_rbf(x_db * self.mlp_rbf(bases["rad"]), ref=x_db)
+        x_db = self.scale_rbf(x_db * self.mlp_rbf(bases.rad), ref=x_db)
         x_db = self.down_projection(x_db)[quad.triplet_in.in_]
-        x_db = self.scale_cbf(x_db * self.mlp_cbf(bases["cir"]), ref=x_db)
-        if isinstance(bases["sph"], tuple):
+        x_db = self.scale_cbf(x_db * self.mlp_cbf(bases.cir), ref=x_db)
+        if isinstance(bases.sph, tuple):
             x_db = x_db[quad.trip_in_to_quad]
-            x = self.mlp_sbf(bases["sph"], x_db, quad.out, quad.out_agg)
+            x = self.mlp_sbf(bases.sph, x_db, quad.out, quad.out_agg)
         else:
-            x = self._chunked(bases["sph"], x_db)
+            x = self._chunked(bases.sph, x_db)
         x = self.scale_sbf_sum(x, ref=x_db)
         return _symmetric_output(self, x, id_swap)
 
@@ -135,8 +136,8 @@ class QuadrupletInteraction(nn.Module):
     def aggregate_chunked(self, source, bases, quad):
         """Quadruplet contraction of :meth:`source` messages, scaled: (n_edges, emb_size_quad_out)."""
         x_db = source[quad.triplet_in.in_]
-        x_db = self.scale_cbf(x_db * self.mlp_cbf(bases["cir"]), ref=x_db)
-        return self.scale_sbf_sum(self._chunked(bases["sph"], x_db), ref=None)
+        x_db = self.scale_cbf(x_db * self.mlp_cbf(bases.cir), ref=x_db)
+        return self.scale_sbf_sum(self._chunked(bases.sph, x_db), ref=None)
 
     def output_rows(self, x, id_swap_rows, start: int, stop: int):
         return (self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows])) * INV_SQRT_2
@@ -325,7 +326,7 @@ class InteractionBlock(nn.Module):
             [ResidualLayer(c.emb_size_edge, activation=act, dropout=do) for _ in range(c.num_concat)]
         )
 
-    def forward(self, h, m, bases: dict, idx: InteractionIndices, chunk_size: int | None = None):
+    def forward(self, h, m, bases: BasisSet, idx: InteractionIndices, chunk_size: int | None = None):
         """h (n_atoms, emb_size_atom), m (n_edges, emb_size_edge) -> updated (h, m).
 
         ``chunk_size``: evaluate the triplet and atom-pair interactions that many padded slots at
@@ -335,29 +336,29 @@ class InteractionBlock(nn.Module):
         id_swap = idx.id_swap
         aea_index = idx.a2ee2a_edge_index
         x_skip = self.dense_ca(m)
-        x_e2e = self.trip_interaction(m, bases["e2e"], idx.trip_e2e, id_swap, chunk_size=chunk_size)
-        x_qint = self.quad_interaction(m, bases["qint"], idx.quad, id_swap)
-        x_a2e = self.atom_edge_interaction(h, bases["a2e"], idx.trip_a2e, id_swap, expand_idx=aea_index[0],
+        x_e2e = self.trip_interaction(m, bases.e2e, idx.trip_e2e, id_swap, chunk_size=chunk_size)
+        x_qint = self.quad_interaction(m, bases.qint, idx.quad, id_swap)
+        x_a2e = self.atom_edge_interaction(h, bases.a2e, idx.trip_a2e, id_swap, expand_idx=aea_index[0],
                                            chunk_size=chunk_size)
         width = idx.padded_width
         h_e2a = self.edge_atom_interaction(
-            m, bases["e2a"], idx.trip_e2a, id_swap,
+            m, bases.e2a, idx.trip_e2a, id_swap,
             idx_agg2=aea_index[1], idx_agg2_inner=idx.a2ee2a_target_inner, agg2_out_size=num_atoms,
             agg2_width=width.a2ee2a, chunk_size=chunk_size,
         )
         h_a2a = self.atom_interaction(
-            h, bases["a2a_rad"], idx.a2a_edge_index, idx.a2a_target_inner, width.a2a, chunk_size=chunk_size
+            h, bases.a2a_rad, idx.a2a_edge_index, idx.a2a_target_inner, width.a2a, chunk_size=chunk_size
         )
         x = (x_skip + x_e2e + x_qint + x_a2e) * (1.0 / math.sqrt(4.0))
         h = (h + h_e2a + h_a2a) * (1.0 / math.sqrt(3.0))
         x = _run(self.layers_before_skip, x)
         m = _run(self.layers_after_skip, (m + x) * INV_SQRT_2)
         h = _run(self.atom_emb_layers, h)
-        h = (h + self.atom_update(h, m, bases["atom_update"], idx.main_edge_index[1])) * INV_SQRT_2
+        h = (h + self.atom_update(h, m, bases.atom_update, idx.main_edge_index[1])) * INV_SQRT_2
         m2 = _run(self.residual_m, self.concat_layer(h, m, idx.main_edge_index))
         return h, (m + m2) * INV_SQRT_2
 
-    def forward_lean(self, h, m, bases: dict, idx: InteractionIndices, chunk_size: int):
+    def forward_lean(self, h, m, bases: BasisSet, idx: InteractionIndices, chunk_size: int):
         """:meth:`forward` (same numbers) for lean mode: the per-edge MLPs run over chunks of
         edges, the triplet, quadruplet and atom-pair contractions over chunks of padded slots, each
         chunk recomputed in backward; only a few (n_edges, emb_size_edge) tensors are kept."""
@@ -373,20 +374,20 @@ class InteractionBlock(nn.Module):
             return (trip.source(trip.dense_ba(m_c), rad_e2e), quad.source(m_c, rad_q),
                     e2a.source(e2a.dense_ba(m_c), rad_e2a))
 
-        rads = (bases["e2e"]["rad"], bases["qint"]["rad"], bases["e2a"]["rad"])
+        rads = (bases.e2e.rad, bases.qint.rad, bases.e2a.rad)
         pieces = [recompute(sources, m[a:b], *(r[a:b] for r in rads)) for a, b in bounds] or [sources(m, *rads)]
         src_e2e, src_q, src_e2a = (torch.cat(p) for p in zip(*pieces))
 
-        x_e2e = trip.aggregate_chunked(bases["e2e"]["cir"], src_e2e, idx.trip_e2e, chunk_size)
-        x_qint = quad.aggregate_chunked(src_q, bases["qint"], idx.quad)
-        src_a2e = a2e.source(a2e.dense_ba(h)[aea_index[0]], bases["a2e"]["rad"])
-        x_a2e = a2e.aggregate_chunked(bases["a2e"]["cir"], src_a2e, idx.trip_a2e, chunk_size)
+        x_e2e = trip.aggregate_chunked(bases.e2e.cir, src_e2e, idx.trip_e2e, chunk_size)
+        x_qint = quad.aggregate_chunked(src_q, bases.qint, idx.quad)
+        src_a2e = a2e.source(a2e.dense_ba(h)[aea_index[0]], bases.a2e.rad)
+        x_a2e = a2e.aggregate_chunked(bases.a2e.cir, src_a2e, idx.trip_a2e, chunk_size)
         h_e2a = e2a.up_projection_ca(e2a.aggregate_chunked(
-            bases["e2a"]["cir"], src_e2a, idx.trip_e2a, chunk_size, aea_index[1], idx.a2ee2a_target_inner,
+            bases.e2a.cir, src_e2a, idx.trip_e2a, chunk_size, aea_index[1], idx.a2ee2a_target_inner,
             num_atoms, width.a2ee2a,
         ))
         h_a2a = self.atom_interaction(
-            h, bases["a2a_rad"], idx.a2a_edge_index, idx.a2a_target_inner, width.a2a, chunk_size=chunk_size
+            h, bases.a2a_rad, idx.a2a_edge_index, idx.a2a_target_inner, width.a2a, chunk_size=chunk_size
         )
 
         def edge_update(start, stop, m_c, x_e2e, x_qint, x_a2e):
@@ -403,7 +404,7 @@ class InteractionBlock(nn.Module):
         h = (h + h_e2a + h_a2a) * (1.0 / math.sqrt(3.0))
         h = _run(self.atom_emb_layers, h)
         update = self.atom_update
-        basis = bases["atom_update"]
+        basis = bases.atom_update
         weighted = _cat([recompute(_weighted_rows, update.dense_rbf, m[a:b], basis[a:b]) for a, b in bounds],
                         lambda: m * update.dense_rbf(basis))
         x = scatter_sum(weighted, idx.main_edge_index[1], num_atoms)
