@@ -93,7 +93,9 @@ def train_mace(python: str, files: dict, folder: Path, args) -> dict:
         wall = round(time.perf_counter() - start, 1)
         if done.returncode != 0 or not model.exists():
             raise SystemExit(f"Error: MACE training failed (exit {done.returncode}), see {folder / 'mace_train.log'}")
-    return {"model": model, "wall_s": wall}
+    # mace.model is the stage-one model (its energies can be eV off); the final one is stage two
+    final = folder / "mace_stagetwo.model"
+    return {"model": final if final.exists() else model, "wall_s": wall}
 
 
 def evaluate_mace(python: str, model: Path, test: Path) -> dict:
