@@ -39,6 +39,9 @@ def main(argv=None) -> None:
     p.add_argument("--models", type=Path, default=MODELS_DIR, help="folder of the model files to rewrite")
     p.add_argument("--dry-run", action="store_true", help="print the errors, write nothing")
     args = p.parse_args(argv)
+    if not args.data.is_dir():
+        raise SystemExit(f"Error: --data {args.data} is not a folder (the mini-JMP corpus; benchmarks/README.md says "
+                         "where it comes from)")
     for name, dataset in MODELS.items():
         path = args.models / f"{name}.ckpt"
         model = load_model(path)

@@ -46,6 +46,9 @@ def main(argv=None) -> None:
     parser.add_argument("--head", default="molecules-gfn2")
     parser.add_argument("--count", type=int, default=200, help="first structures of each test set")
     args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        raise SystemExit(f"Error: --data {args.data} is not a folder (the mini-JMP corpus; benchmarks/README.md says "
+                         "where it comes from)")
     calc = JMPCalculator.from_jmp_checkpoint(args.model, head=args.head)
     print(f"{args.model}, head {args.head}: forces MAE on the first {args.count} test structures (meV/Å)")
     print(f"{'set':10s} {'zero forces':>12s} {'direct head':>12s} {'-dE/dx of head':>15s}")
