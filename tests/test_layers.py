@@ -100,3 +100,28 @@ def test_backbone_names_the_missing_padded_widths(reference_dir):
     batch.indices = dataclasses.replace(batch.indices, padded_width=None)
     with pytest.raises(ValueError, match="padded_widths"):
         model.embed(batch)
+
+
+def test_radial_bases_are_shared_only_while_equal():
+    """Bases evaluates each distinct radial basis once per distance tensor: layers whose radial
+    basis equals the main (or a2ee2a) one share its evaluation, checked again on every load."""
+    from jmp_ase.calculators.calculator import JMPCalculator
+    from models import water
+
+    net = tiny_model(seed=2)
+    bases = net.backbone.bases
+    assert all(bases._radial_twin.values())
+    state = net.state_dict()
+    key = next(k for k in state if k.endswith("cbf_basis_tint.radial_basis.rbf.temps"))
+    state[key] = state[key] * 1.5
+    net.load_state_dict(state)
+    assert not bases._radial_twin["cbf_basis_tint"] and bases._radial_twin["sbf_basis_qint"]
+
+    def energy():
+        atoms = water()
+        atoms.calc = JMPCalculator(net, dtype="float64")
+        return atoms.get_potential_energy()
+
+    own = energy()  # the changed layer evaluates its own basis
+    bases._radial_twin["cbf_basis_tint"] = True  # wrongly shared: another number
+    assert abs(energy() - own) > 1e-9

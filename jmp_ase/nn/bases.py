@@ -303,6 +303,29 @@ class Bases(nn.Module):
         self.mlp_rbf_h = Dense(nr, c.emb_size_rbf, dropout=do)
         self.mlp_rbf_out = Dense(nr, c.emb_size_rbf, dropout=do)
         self.edge_emb = EdgeEmbedding(c.emb_size_atom, nr, c.emb_size_edge, activation=c.activation, dropout=do)
+        self._find_radial_twins()
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module._find_radial_twins())
+
+    #: layers whose radial basis reads the main graph's (resp. a2ee2a graph's) distances
+    _MAIN_RADIAL = ("cbf_basis_tint", "sbf_basis_qint", "cbf_basis_aeint")
+    _AEA_RADIAL = ("cbf_basis_eaint",)
+
+    def _find_radial_twins(self) -> None:
+        """Which layers' radial bases equal ``radial_basis`` (main graph) or
+        ``radial_basis_aeaint`` (a2ee2a graph): their evaluation on the same distances is then
+        shared, not repeated (JMP keeps one copy per layer; they are equal in every checkpoint
+        seen, but a file may differ, so it is checked whenever weights are loaded)."""
+        def same(a: RadialBasis, b: RadialBasis) -> bool:
+            if a.cutoff != b.cutoff or a.envelope.p != b.envelope.p:
+                return False
+            if a.rbf.offset.is_meta:  # shapes only (no values, nothing is computed)
+                return True
+            return torch.equal(a.rbf.offset, b.rbf.offset) and torch.equal(a.rbf.temps, b.rbf.temps)
+
+        self._radial_twin = {name: same(self.radial_basis, getattr(self, name).radial_basis)
+                             for name in self._MAIN_RADIAL}
+        self._radial_twin.update({name: same(self.radial_basis_aeaint, getattr(self, name).radial_basis)
+                                  for name in self._AEA_RADIAL})
 
     @staticmethod
     def quadruplet_angles(v_main: torch.Tensor, v_qint: torch.Tensor, quad: dict):
@@ -355,31 +378,34 @@ class Bases(nn.Module):
         trip, t_a2e, t_e2a, quad = idx.trip_e2e, idx.trip_a2e, idx.trip_e2a, idx.quad
 
         rad_main = self.radial_basis(main["distance"])
-        rad_cir_e2e, cir_e2e = self.cbf_basis_tint(
-            main["distance"], cos_between(main["vector"][trip.out], main["vector"][trip.in_])
-        )
+        rad_aea = self.radial_basis_aeaint(aea["distance"])
+
+        def radial(name: str, shared: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+            return shared if self._radial_twin[name] else getattr(self, name).radial_basis(distance)
+
+        rad_cir_e2e = radial("cbf_basis_tint", rad_main, main["distance"])
+        cos_e2e = cos_between(main["vector"][trip.out], main["vector"][trip.in_])
+        cir_e2e = legendre_basis(cos_e2e, self.num_spherical)
         width = idx.padded_width
         if chunk_size is None:
             cos_cab_q, cos_abd, normal_cab, normal_abd = self.quadruplet_angles(main["vector"], qint["vector"], quad)
-            rad_sph_qint, sph_qint = self.sbf_basis_qint(
-                main["distance"], cos_cab_q[quad.trip_out_to_quad], normal_cab, normal_abd
-            )
+            rad_sph_qint = radial("sbf_basis_qint", rad_main, main["distance"])
+            sph_qint = self.sbf_basis_qint.angular(cos_cab_q[quad.trip_out_to_quad], normal_cab, normal_abd)
             sph_qint = self.mlp_sbf_qint.forward_padded(rad_sph_qint, sph_qint, quad.out, quad.out_agg,
                                                         width.quad)
         else:
             cos_cab_q, cos_abd, normal_cab, normal_abd = self.triplet_angles(main["vector"], qint["vector"], quad)
             sph_qint = QuadrupletBasisChunks(
-                self.sbf_basis_qint, self.mlp_sbf_qint, self.sbf_basis_qint.radial_basis(main["distance"]),
+                self.sbf_basis_qint, self.mlp_sbf_qint, radial("sbf_basis_qint", rad_main, main["distance"]),
                 cos_cab_q, normal_cab, normal_abd, quad, width.quad, chunk_size,
             )
         rad_cir_qint, cir_qint = self.cbf_basis_qint(qint["distance"], cos_abd)
-        rad_aea = self.radial_basis_aeaint(aea["distance"])
-        rad_cir_a2e, cir_a2e = self.cbf_basis_aeint(
-            main["distance"], cos_between(main["vector"][t_a2e.out], aea["vector"][t_a2e.in_])
-        )
-        rad_cir_e2a, cir_e2a = self.cbf_basis_eaint(
-            aea["distance"], cos_between(aea["vector"][t_e2a.out], main["vector"][t_e2a.in_])
-        )
+        rad_cir_a2e = radial("cbf_basis_aeint", rad_main, main["distance"])
+        cos_a2e = cos_between(main["vector"][t_a2e.out], aea["vector"][t_a2e.in_])
+        cir_a2e = legendre_basis(cos_a2e, self.num_spherical)
+        rad_cir_e2a = radial("cbf_basis_eaint", rad_aea, aea["distance"])
+        cos_e2a = cos_between(aea["vector"][t_e2a.out], main["vector"][t_e2a.in_])
+        cir_e2a = legendre_basis(cos_e2a, self.num_spherical)
         aea_target = idx.a2ee2a_edge_index[1]
         e2a_rad_w, e2a_sph = self.mlp_cbf_eaint.forward_padded(
             rad_cir_e2a, cir_e2a, t_e2a.out, t_e2a.out_agg, width.trip_e2a
