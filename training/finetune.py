@@ -135,11 +135,13 @@ def untruncated_max_neighbors(config: FinetuneConfig, cutoff: float) -> tuple[in
     return value, f"untruncated: up to {count} neighbours within {cutoff:g} Å in the training data"
 
 
-def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None) -> tuple[FineTunedModel, dict]:
+def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None,
+                graph: tuple | None = None) -> tuple[FineTunedModel, dict]:
     """The fine-tuning model (parent weights, new heads, the run's graph settings) and the
-    training-set statistics."""
+    training-set statistics. ``graph``: :func:`_graph`'s result when the caller has it (it may
+    have scanned the training data for ``max_neighbors: untruncated``)."""
     parent = parent or parent_of(config)
-    backbone, settings, sources = _graph(config, parent)
+    backbone, settings, sources = graph or _graph(config, parent)
     labels = [train_set.labels(i) for i in range(len(train_set))]
     elements = sorted({int(z) for numbers, _ in labels for z in numbers})
     references = {}
@@ -273,9 +275,10 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
     saved = _resume_state(last) if config.resume else None
     L.seed_everything(config.seed, workers=True, verbose=False)
     parent = parent_of(config)  # first: the data sets are built with the model's graph settings
-    _, settings, sources = _graph(config, parent)
+    graph = _graph(config, parent)
+    _, settings, sources = graph
     datasets = make_datasets(config, settings)
-    model, info = build_model(config, datasets["train"], parent)
+    model, info = build_model(config, datasets["train"], parent, graph)
     unseen = unseen_elements(parent, info["elements"])
     if unseen:
         say(f"warning: elements {unseen} are in the training data but the parent never saw them in training: "
