@@ -232,6 +232,11 @@ def dihedral_angle(normal_1: torch.Tensor, normal_2: torch.Tensor) -> torch.Tens
     return angle_between(safe_1, safe_2)
 
 
+def _refresh_radial_twins(module: "Bases", incompatible_keys) -> None:
+    """Load hook (a module-level function, so a model can still be pickled and deep-copied)."""
+    module._find_radial_twins()
+
+
 class InteractionBasis(NamedTuple):
     """The bases one interaction reads: ``rad`` (E, emb_size_rbf) radial weights per edge;
     ``cir`` the circular (triplet) part, in the layout its interaction contracts (padded
@@ -304,7 +309,7 @@ class Bases(nn.Module):
         self.mlp_rbf_out = Dense(nr, c.emb_size_rbf, dropout=do)
         self.edge_emb = EdgeEmbedding(c.emb_size_atom, nr, c.emb_size_edge, activation=c.activation, dropout=do)
         self._find_radial_twins()
-        self.register_load_state_dict_post_hook(lambda module, incompatible: module._find_radial_twins())
+        self.register_load_state_dict_post_hook(_refresh_radial_twins)
 
     #: layers whose radial basis reads the main graph's (resp. a2ee2a graph's) distances
     _MAIN_RADIAL = ("cbf_basis_tint", "sbf_basis_qint", "cbf_basis_aeint")
