@@ -25,7 +25,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import finetune_config, load_yaml  # noqa: E402
+from run import evaluate, finetune_config, load_yaml  # noqa: E402
 
 
 def run_one(cfg: dict, folder: Path, test_file: str) -> dict:
@@ -43,11 +43,7 @@ def run_one(cfg: dict, folder: Path, test_file: str) -> dict:
         wall = round(time.perf_counter() - start, 1)
         if done.returncode != 0:
             return {"error": f"exit {done.returncode}, see {folder.parent / f'{folder.name}.log'}"}
-    out = folder / "eval"
-    subprocess.run([sys.executable, "-m", "jmp_ase.training.cli", "evaluate", str(folder / "model.ckpt"),
-                    test_file, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                   env=env, check=True)
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = evaluate(folder / "model.ckpt", test_file, folder / "eval", threads=1)
     return {"energy_mae": metrics["energy_mae"], "forces_mae": metrics["forces_mae"], "wall_s": wall}
 
 

@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 
 import ase.io
-import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from backbone_speed import machine  # noqa: E402
-from run import finetune_config, load_yaml  # noqa: E402
+from dihedral_seeds import run_one  # noqa: E402
+from run import evaluate, finetune_config, load_yaml  # noqa: E402
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -106,35 +106,21 @@ def evaluate_mace(python: str, model: Path, test: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def jmp_model(name: str, given: dict, data: Path, spec: dict, folder: Path) -> dict:
-    """The given model file for the task, else a fine-tune of jmp-mini by tasks.yaml's recipe."""
-    if name in given:
-        return {"model": given[name], "wall_s": None}
+def jmp_row(name: str, given: dict, data: Path, spec: dict, folder: Path) -> dict:
+    """Test errors of the given model file for the task, else of a fine-tune of jmp-mini by
+    tasks.yaml's recipe (dihedral_seeds.run_one: one thread, skipped when already done)."""
     task = spec["tasks"][name]
-    model = folder / "model.ckpt"
-    wall = None
-    if not model.exists():
-        cfg = finetune_config(task, spec["common"], data, folder, task.get("lr", spec["learning_rates"][-1]),
-                              False, "jmp-mini")
-        config = folder.parent / "jmp-finetune.yaml"
-        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        start = time.perf_counter()
-        with open(folder.parent / "jmp-finetune.log", "w") as log:
-            done = subprocess.run([sys.executable, "-m", "jmp_ase.training.cli", "finetune", str(config)],
-                                  stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ONE_THREAD})
-        wall = round(time.perf_counter() - start, 1)
-        if done.returncode != 0:
-            raise SystemExit(f"Error: fine-tuning failed (exit {done.returncode}), see {folder.parent / 'jmp-finetune.log'}")
-    return {"model": str(model), "wall_s": wall}
-
-
-def evaluate_jmp(model: str, test: Path, folder: Path) -> dict:
-    out = folder / "eval"
-    subprocess.run([sys.executable, "-m", "jmp_ase.training.cli", "evaluate", str(model), str(test),
-                    "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, check=True,
-                   env={**os.environ, **ONE_THREAD})
-    metrics = json.loads((out / "metrics.json").read_text())
-    return {"energy_mae": metrics["energy_mae"], "forces_mae": metrics["forces_mae"]}
+    test = str(data / task["test"])
+    if name in given:
+        metrics = evaluate(given[name], test, folder / "eval", threads=1)
+        return {"model": f"jmp-ase ({Path(given[name]).name})", "wall_s": None,
+                "energy_mae": metrics["energy_mae"], "forces_mae": metrics["forces_mae"]}
+    cfg = finetune_config(task, spec["common"], data, folder, task.get("lr", spec["learning_rates"][-1]),
+                          False, "jmp-mini")
+    result = run_one(cfg, folder, test)
+    if "error" in result:
+        raise SystemExit(f"Error: fine-tuning failed: {result['error']}")
+    return {"model": "jmp-ase (fine-tuned from jmp-mini)", **result}
 
 
 def main(argv=None) -> None:
@@ -168,9 +154,7 @@ def main(argv=None) -> None:
         mace = train_mace(args.mace_python, files, folder / "mace", args)
         rows.append({"task": name, "model": "MACE from scratch", "wall_s": mace["wall_s"],
                      **evaluate_mace(args.mace_python, mace["model"], files["test"])})
-        jmp = jmp_model(name, given, data, spec, folder / "jmp")
-        rows.append({"task": name, "model": f"jmp-ase ({Path(str(jmp['model'])).name})", "wall_s": jmp["wall_s"],
-                     **evaluate_jmp(jmp["model"], data / task["test"], folder / "jmp")})
+        rows.append({"task": name, **jmp_row(name, given, data, spec, folder / "jmp")})
         for row in rows[-2:]:
             print(f"{row['task']:>14}  {row['model']:<34} energy {1000 * row['energy_mae']:8.1f} meV  "
                   f"forces {1000 * row['forces_mae']:7.1f} meV/Å  wall {row['wall_s']} s", flush=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
+import sys
 from pathlib import Path
 
 import ase.io
@@ -24,6 +25,8 @@ from jmp_ase.calculators.evaluation import labelled_errors
 from jmp_ase.io.model_file import MODELS_DIR, load_model, save_model
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from ship import without_machine_paths  # noqa: E402
 SLICES = HERE.parents[1] / "tests" / "data" / "shipped"
 MODELS = {"jmp-mini-aspirin": "aspirin-gfn1", "jmp-mini-catalysis": "catalysis-emt"}
 
@@ -60,9 +63,7 @@ def main(argv=None) -> None:
               f"forces {1000 * after['forces_mae']:.2f} meV/Å", flush=True)
         if args.dry_run:
             continue
-        provenance = dict(record)
-        if "parent_path" in provenance:
-            provenance["parent_path"] = Path(str(provenance["parent_path"])).name
+        provenance = without_machine_paths(record)
         provenance.setdefault("graph_changes", []).append({
             "neighbor_order": [old_order, args.neighbor_order], "weights": "unchanged",
             "test_before": before, "made_by": "benchmarks/mini_jmp/regraph.py",

@@ -210,7 +210,10 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def evaluate(model: Path, test: str, folder: Path, threads: int) -> dict:
-    """Test errors of a model file (``jmp-train evaluate``; physical units eV, eV/Å, label units)."""
+    """Test errors of a model file or shipped name (``jmp-train evaluate``; physical units eV, eV/Å,
+    label units). Paths are taken relative to the caller's folder (the command runs in REPO)."""
+    folder, test = Path(folder).resolve(), str(Path(test).resolve())
+    model = Path(model).resolve() if Path(model).exists() else model
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()

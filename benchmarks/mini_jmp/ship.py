@@ -86,15 +86,21 @@ def ship_pretrained(run: Path, results: dict, data: Path, models: Path, test_dat
     return tests
 
 
+def without_machine_paths(provenance: dict) -> dict:
+    """A copy of a model's provenance fit to ship: ``parent_path`` reduced to the file name."""
+    out = dict(provenance)
+    if out.get("parent_path"):
+        out["parent_path"] = Path(str(out["parent_path"])).name
+    return out
+
+
 def ship_finetuned(name: str, model_path: Path, dataset: str, extra: dict, data: Path, models: Path,
                    test_data: Path) -> dict:
     from jmp_ase.calculators.calculator import JMPCalculator
     from jmp_ase.io.model_file import load_model, save_model
 
     model = load_model(model_path)
-    record = model.model_config.provenance
-    if record.get("parent_path"):  # no machine-specific paths in a shipped file
-        record["parent_path"] = Path(str(record["parent_path"])).name
+    model.model_config.provenance = without_machine_paths(model.model_config.provenance)
     full = ase.io.read(data / dataset / "test.extxyz", ":")
     structures, path = test_slice(data, dataset, test_data)
     calc = JMPCalculator(model)
