@@ -326,3 +326,46 @@ def test_scratch_takes_the_parents_architecture_not_its_weights(data_dir, refere
     assert set(state) <= set(ours)
     weights = [k for k in state if k.endswith("weight")]
     assert weights and all(not torch.equal(ours[k], state[k]) for k in weights)
+
+
+def test_final_stage_schedule_and_weights():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [param], "lr": 1.0}, {"params": [], "lr": 0.5, "lr_scale": 0.5}])
+    scheduler = WarmupCosineRLP(optimizer, warmup_steps=1, cosine_steps=3, warmup_start_factor=0.1,
+                                min_lr_factor=0.1, rlp_factor=0.5, rlp_patience=0, final_start=3, final_factor=0.2)
+    lrs = [scheduler.get_last_lr()]
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr())
+    assert [round(x[0], 6) for x in lrs] == [0.1, 1.0, 0.55, 0.2, 0.2]
+    assert lrs[-1][1] == pytest.approx(0.5 * 0.2)  # each group's own rate (LLRD) times the factor
+    assert not scheduler.plateau_step(1.0) and not scheduler.plateau_step(2.0)  # rests in the final stage
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.2)
+    config = FinetuneConfig.from_dict({"train": "x.extxyz", "scratch": True, "max_epochs": 3, "final_epochs": 1,
+                                       "loss_weights": {"energy": 1.0, "forces": 10.0}})
+    assert config.stage_loss_weights(False) == {"energy": 1.0, "forces": 10.0}
+    assert config.stage_loss_weights(True) == {"energy": 10.0, "forces": 10.0}
+    config.final_loss_weights = {"energy": 100.0}
+    assert config.stage_loss_weights(True) == {"energy": 100.0, "forces": 10.0}
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match="--final-epochs"):
+            FinetuneConfig.from_dict({"train": "x.extxyz", "scratch": True, "max_epochs": 3, "final_epochs": bad})
+
+
+def test_final_stage_run(data_dir, tmp_path):
+    """The last epoch trains with the final weights at the constant final rate, and the saved model is
+    the best of that stage although earlier epochs had a lower val_loss (weighted differently)."""
+    summary = run_finetune(base_config(data_dir, tmp_path / "run", scratch=True, backbone="tiny", max_epochs=3,
+                                       final_epochs=1, final_lr_factor=0.05, loss_weights={"energy": 1, "forces": 10},
+                                       final_loss_weights={"energy": 1000}))
+    with open(tmp_path / "run" / "steps.csv") as f:
+        steps = list(csv.DictReader(f))
+    final = [float(r["lr"]) for r in steps if r["epoch"] == "2"]
+    assert final and all(lr == pytest.approx(2e-3 * 0.05) for lr in final)
+    assert all(float(r["lr"]) != pytest.approx(2e-3 * 0.05) for r in steps if r["epoch"] != "2")
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        val_loss = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    assert val_loss[2] > min(val_loss[:2])  # energy x1000: the final stage's val_loss is on another scale
+    assert summary["best_epoch"] == 2
+    assert load_model(summary["model"]).model_config.provenance["best_epoch"] == 2

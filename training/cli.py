@@ -64,6 +64,9 @@ ANTICIPATED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
 @click.option("--init-energy-head",
               help="Start the energy head from this pre-training head of the parent (e.g. molecules-gfn2 of "
                    "jmp-mini) instead of a new random head.")
+@click.option("--final-epochs", type=int,
+              help="Make the last N epochs an energy-refinement stage: energy loss weight x10 (or "
+                   "final_loss_weights), constant rate lr x final_lr_factor (0.1); the model is the best of it.")
 @click.option("--devices", help="Devices per node (a number or 'auto').")
 @click.option("--num-nodes", type=int, help="Nodes (several: one process per device on each).")
 @click.option("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, ...")

@@ -262,7 +262,16 @@ def describe_settings(model: FineTunedModel, sources: dict, config: FinetuneConf
             f"({s['tags']}), qint_tags {tuple(cfg.backbone.qint_tags)} ({s['qint_tags']}); quadruplet basis "
             f"{basis}, {cfg.neighbor_order} neighbour order; memory {model.memory}; "
             f"{describe_threads(torch.get_num_threads())}; heads "
-            f"{[h.name for h in cfg.heads]}; {len(frozen)} parameter tensors outside the loss frozen")
+            f"{[h.name for h in cfg.heads]}; {len(frozen)} parameter tensors outside the loss frozen"
+            + final_stage_description(config))
+
+
+def final_stage_description(config: FinetuneConfig) -> str:
+    if not config.final_epochs:
+        return ""
+    weights = ", ".join(f"{t} {w:g}" for t, w in config.stage_loss_weights(True).items())
+    return (f"; energy-refinement stage: last {config.final_epochs} of {config.max_epochs} epochs, "
+            f"loss weights {weights}, rate {config.final_lr_factor:g} x lr")
 
 
 def run_finetune(config: FinetuneConfig | dict) -> dict:

@@ -44,6 +44,11 @@ class FinetuneConfig:
     init_energy_head: str | None = None  # start the energy head from this pre-training head of the parent (head_init.py)
     force_error_limit: float = 100.0  # stop when a structure's force error exceeds this many force-label RMS
     loss_weights: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 1.0})
+    # the last N of max_epochs form an energy-refinement stage (as MACE's stage two): loss weights
+    # final_loss_weights, a constant rate lr * final_lr_factor, and the saved model is the best of that stage
+    final_epochs: int = 0
+    final_loss_weights: dict = field(default_factory=dict)  # the final stage's weights; {}: loss_weights, energy x10
+    final_lr_factor: float = 0.1  # the final stage's rate as a fraction of lr (times each layer's LLRD scale)
     lr: float = 1e-4
     weight_decay: float = 0.1
     betas: list = field(default_factory=lambda: [0.9, 0.95])
@@ -103,6 +108,11 @@ class FinetuneConfig:
                 hint = " (0 epochs would write no model; use `jmp-train evaluate` to test a parent)" \
                     if name == "max_epochs" else ""
                 raise ValueError(f"{option} must be at least 1, got {getattr(self, name)}{hint}")
+        if not 0 <= int(self.final_epochs) < int(self.max_epochs):
+            raise ValueError(f"--final-epochs must be at least 0 and below --max-epochs ({self.max_epochs}), "
+                             f"got {self.final_epochs}")
+        if not float(self.final_lr_factor) > 0:
+            raise ValueError(f"final_lr_factor must be positive, got {self.final_lr_factor}")
         if self.eval_batch_size is not None and int(self.eval_batch_size) < 1:
             raise ValueError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
         if not float(self.lr) > 0:
@@ -136,6 +146,15 @@ class FinetuneConfig:
         values = read_yaml_mapping(path, "fine-tuning") if path else {}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
+
+    def stage_loss_weights(self, final: bool) -> dict[str, float]:
+        """Loss weight of each target in the main stage or (``final``) the energy-refinement stage."""
+        weights = {t: float(self.loss_weights.get(t, 1.0)) for t in self.targets}
+        if not final:
+            return weights
+        if not self.final_loss_weights:
+            return {t: w * 10.0 if t == "energy" else w for t, w in weights.items()}
+        return {t: float(self.final_loss_weights.get(t, weights[t])) for t in self.targets}
 
 
 def parse_qint_tags(value) -> tuple[int, ...]:

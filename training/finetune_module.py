@@ -44,7 +44,6 @@ class FinetuneModule(L.LightningModule):
         super().__init__()
         self.model, self.config, self.scales = model, config, scales
         self.datasets = datasets
-        self.weights = {t: float(config.loss_weights.get(t, 1.0)) for t in config.targets}
         self.provenance = provenance or {}
         self.best = {"val_loss": math.inf, "epoch": -1}
         # eV/Å: a structure whose force error exceeds this stops the run (check_force_errors)
@@ -55,7 +54,7 @@ class FinetuneModule(L.LightningModule):
         self.timing = {"structures": 0, "data_s": 0.0, "step_s": 0.0}
         self._epoch_timing = dict(self.timing)
         self._t_end = self._t_start = None
-        self._batch_structures, self._data_s = 0, 0.0
+        self._batch_structures, self._data_s, self._step_lr = 0, 0.0, math.nan
         self.out = Path(config.out)
 
     # ------------------------------------------------------------------ data
@@ -75,6 +74,32 @@ class FinetuneModule(L.LightningModule):
         atoms_batch, targets = batch
         return atoms_batch.to(device), {k: v.to(device) for k, v in targets.items()}
 
+    # ------------------------------------------------------------------ stages
+    @property
+    def final_start_epoch(self) -> int:
+        """First epoch of the energy-refinement stage (``max_epochs`` when there is none)."""
+        return self.config.max_epochs - self.config.final_epochs
+
+    @property
+    def in_final_stage(self) -> bool:
+        return self.config.final_epochs > 0 and self.current_epoch >= self.final_start_epoch
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Loss weights of the current stage (they also define val_loss)."""
+        return self.config.stage_loss_weights(self.in_final_stage)
+
+    def _start_final_stage(self) -> None:
+        """val_loss changes meaning with the weights: the best model, and early stopping, start afresh
+        (idempotent, so a run resumed within the stage's first epoch keeps its best)."""
+        if self.best["epoch"] >= self.final_start_epoch:
+            return
+        self.best = {"val_loss": math.inf, "epoch": -1}
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, L.pytorch.callbacks.EarlyStopping):
+                callback.wait_count = 0
+                callback.best_score = torch.tensor(math.inf)
+
     # ------------------------------------------------------------------ steps
     def on_fit_start(self):
         self._fit_start = time.perf_counter() - self._elapsed_before  # wall time of the run, logged per epoch
@@ -84,11 +109,14 @@ class FinetuneModule(L.LightningModule):
         return self.model(batch, compute_stress="stress" in targets, compute_forces="forces" in targets)
 
     def on_train_epoch_start(self):
+        if self.in_final_stage:
+            self._start_final_stage()
         self._t_end = time.perf_counter()
         self._epoch_timing = {"structures": 0, "data_s": 0.0, "step_s": 0.0}
 
     def on_train_batch_start(self, batch, batch_idx):
         self._t_start = time.perf_counter()
+        self._step_lr = max(g["lr"] for g in self.optimizers().param_groups)  # the rate this step trains at
         self._data_s = self._t_start - self._t_end if self._t_end is not None else 0.0
 
     def training_step(self, batch, batch_idx):
@@ -120,7 +148,7 @@ class FinetuneModule(L.LightningModule):
             if new:
                 writer.writerow(["step", "epoch", "batch", "loss", "lr", "structures", "data_s", "step_s"])
             writer.writerow([self.global_step - 1, self.current_epoch, batch_idx, repr(float(self._loss)),
-                             repr(max(g["lr"] for g in self.optimizers().param_groups)), self._batch_structures,
+                             repr(self._step_lr), self._batch_structures,
                              round(self._data_s, 4), round(step_s, 4)])
 
     def validation_step(self, batch, batch_idx):
@@ -185,9 +213,12 @@ class FinetuneModule(L.LightningModule):
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=c.lr, betas=tuple(c.betas))
         steps_per_epoch = train_batches_per_epoch(len(self.datasets["train"]), c.batch_size, self.trainer.world_size)
         warmup = int(round(c.warmup_epochs * steps_per_epoch))
-        cosine = int(round(min(c.cosine_epochs, c.max_epochs) * steps_per_epoch))
+        main_epochs = c.max_epochs - c.final_epochs
+        cosine = int(round(min(c.cosine_epochs, main_epochs) * steps_per_epoch))
+        final = main_epochs * steps_per_epoch if c.final_epochs else None
         scheduler = WarmupCosineRLP(optimizer, warmup, cosine, c.warmup_start_factor, c.min_lr_factor,
-                                    c.rlp_factor, c.rlp_patience, min_lr=c.min_lr * 0.1)
+                                    c.rlp_factor, c.rlp_patience, min_lr=c.min_lr * 0.1, final_start=final,
+                                    final_factor=c.final_lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ files and state

@@ -8,7 +8,9 @@ Both follow JMP's fine-tuning recipe (paper App. B.4; ``jmp.utils.param_specific
 * per optimiser step, a linear warmup from ``warmup_start_factor * lr`` to ``lr`` over
   ``warmup_steps``, then a cosine decay to ``min_lr_factor * lr`` at ``cosine_steps``; from
   then on the rate is only lowered by a plateau rule on the validation metric
-  (multiplied by ``rlp_factor`` after more than ``rlp_patience`` epochs without improvement).
+  (multiplied by ``rlp_factor`` after more than ``rlp_patience`` epochs without improvement);
+* optionally, from step ``final_start`` on, a constant ``final_factor * lr`` for an
+  energy-refinement stage (``FinetuneConfig.final_epochs``), where the plateau rule rests.
 """
 from __future__ import annotations
 
@@ -100,7 +102,8 @@ class WarmupCosineRLP(LRScheduler):
 
     def __init__(self, optimizer, warmup_steps: int, cosine_steps: int, warmup_start_factor: float = 0.1,
                  min_lr_factor: float = 0.1, rlp_factor: float = 0.8, rlp_patience: int = 3,
-                 rlp_threshold: float = 1e-4, min_lr: float = 0.0, last_epoch: int = -1):
+                 rlp_threshold: float = 1e-4, min_lr: float = 0.0, final_start: int | None = None,
+                 final_factor: float = 0.1, last_epoch: int = -1):
         self.warmup_steps = int(warmup_steps)
         self.cosine_steps = max(int(cosine_steps), self.warmup_steps)
         self.warmup_start_factor = float(warmup_start_factor)
@@ -109,6 +112,8 @@ class WarmupCosineRLP(LRScheduler):
         self.rlp_patience = int(rlp_patience)
         self.rlp_threshold = float(rlp_threshold)
         self.min_lr = float(min_lr)
+        self.final_start = None if final_start is None else int(final_start)
+        self.final_factor = float(final_factor)
         self.best = math.inf
         self.bad_epochs = 0
         self.min_factors = [group_min_factor(self.min_lr_factor, g.get("lr_scale", 1.0)) for g in optimizer.param_groups]
@@ -118,8 +123,14 @@ class WarmupCosineRLP(LRScheduler):
     def in_plateau_stage(self) -> bool:
         return self.last_epoch >= self.cosine_steps
 
+    @property
+    def in_final_stage(self) -> bool:
+        return self.final_start is not None and self.last_epoch >= self.final_start
+
     def get_lr(self) -> list[float]:
         step = self.last_epoch
+        if self.in_final_stage:
+            return [base * self.final_factor for base in self.base_lrs]
         if step > self.cosine_steps:  # plateau stage: keep what the plateau rule set
             return [group["lr"] for group in self.optimizer.param_groups]
         return [
@@ -129,7 +140,7 @@ class WarmupCosineRLP(LRScheduler):
 
     def plateau_step(self, metric: float) -> bool:
         """Feed one validation metric; returns True when the rates were lowered."""
-        if not self.in_plateau_stage:
+        if not self.in_plateau_stage or self.in_final_stage:
             return False
         metric = float(metric)
         if math.isinf(self.best) or metric < self.best - abs(self.best) * self.rlp_threshold:
