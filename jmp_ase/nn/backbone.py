@@ -32,11 +32,27 @@ MEMORY_CHECK_BYTES = 256 * 2**20
 
 def available_memory_bytes(device: torch.device) -> int | None:
     """Memory a forward pass may still use: free GPU memory (``torch.cuda.mem_get_info``) on a
-    CUDA device, ``MemAvailable`` of /proc/meminfo on the CPU; None where unknown."""
+    CUDA device; on the CPU the least of ``MemAvailable`` (/proc/meminfo), the headroom of the
+    process's cgroup (a container's limit: cgroup v2 ``memory.max`` or v1 ``limit_in_bytes``, minus
+    its usage) and of ``RLIMIT_AS``; None where none is known."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     if device.type != "cpu":
         return None
+    known = [n for n in (_meminfo_available(), _cgroup_headroom(), _address_space_headroom()) if n is not None]
+    return min(known) if known else None
+
+
+def _read_number(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return None if text in ("", "max") else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -45,6 +61,44 @@ def available_memory_bytes(device: torch.device) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _cgroup_headroom(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> int | None:
+    """Limit minus usage of this process's memory cgroup (v2, else v1); None without a limit."""
+    try:
+        with open(membership) as f:
+            entries = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        entries = []
+    for _, controllers, path in entries:
+        if controllers == "":  # cgroup v2
+            folder = f"{root}{path}".rstrip("/")
+            limit, usage = _read_number(f"{folder}/memory.max"), _read_number(f"{folder}/memory.current")
+        elif "memory" in controllers.split(","):
+            folder = f"{root}/memory{path}".rstrip("/")
+            limit = _read_number(f"{folder}/memory.limit_in_bytes")
+            usage = _read_number(f"{folder}/memory.usage_in_bytes")
+            limit = None if limit is not None and limit >= 2**60 else limit  # v1 says "no limit" with a huge number
+        else:
+            continue
+        if limit is not None and usage is not None:
+            return max(limit - usage, 0)
+    return None
+
+
+def _address_space_headroom() -> int | None:
+    """``RLIMIT_AS`` minus the process's virtual size; None without a limit."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[0])
+        return max(limit - pages * resource.getpagesize(), 0)
+    except (ImportError, OSError, ValueError, IndexError):
+        return None
 
 
 def estimate_peak_bytes(config: BackboneConfig, idx: InteractionIndices, num_atoms: int, itemsize: int,
