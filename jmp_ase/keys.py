@@ -42,15 +42,24 @@ FORCES = Key("forces", "(N, 3)", "eV/Å", "atom", derivative=True,
 STRESS = Key("stress", "(B, 3, 3)", "eV/Å³", "structure", derivative=True,
              doc="(1/V) dE/dε for 3-D periodic structures (ASE results: Voigt 6-vector)")
 ENERGIES = Key("energies", "(N,)", "eV", "atom", doc="per-atom energy contributions (sum = energy)")
+ENERGY_STD = Key("energy_std", "(B,)", "eV", "structure",
+                 doc="committee spread: standard deviation of the members' energies (the energy is their mean)")
+FORCES_STD = Key("forces_std", "(N,)", "eV/Å", "atom", derivative=True,
+                 doc="committee spread per atom: sqrt(mean over members of |F_k - F|²), F the mean force")
+# Training only (a committee's members, K of them, each trained on the labels); not ASE results.
+ENERGY_MEMBERS = Key("energy_members", "(K, B)", "eV", "structure", doc="each committee member's energy")
+FORCES_MEMBERS = Key("forces_members", "(K, N, 3)", "eV/Å", "atom", derivative=True,
+                     doc="each committee member's forces")
 
-REGISTRY: dict[str, Key] = {k.name: k for k in (ENERGY, FREE_ENERGY, FORCES, STRESS, ENERGIES)}
+REGISTRY: dict[str, Key] = {k.name: k for k in (ENERGY, FREE_ENERGY, FORCES, STRESS, ENERGIES, ENERGY_STD,
+                                                FORCES_STD, ENERGY_MEMBERS, FORCES_MEMBERS)}
 
 #: Names of labels that are energy or its derivatives: an energy head predicts all three.
 ENERGY_AND_DERIVATIVES = (ENERGY.name, FORCES.name, STRESS.name)
 
 #: Names a user-defined scalar head may not take: they would shadow ASE properties.
 RESERVED_NAMES = ("energy", "free_energy", "energies", "forces", "stress", "stresses", "dipole",
-                  "charges", "magmom", "magmoms")
+                  "charges", "magmom", "magmoms", "energy_std", "forces_std", "energy_members", "forces_members")
 
 #: Units jmp-ase computes in (stated in every model file).
 UNITS = {"length": "Å", "energy": ENERGY.unit, "forces": FORCES.unit, "stress": "eV/Å^3"}

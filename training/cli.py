@@ -64,6 +64,9 @@ ANTICIPATED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
 @click.option("--init-energy-head",
               help="Start the energy head from this pre-training head of the parent (e.g. molecules-gfn2 of "
                    "jmp-mini) instead of a new random head.")
+@click.option("--committee", type=int,
+              help="K energy MLPs on one backbone pass, each trained on the labels: the energy is their mean and "
+                   "the calculator gives energy_std and forces_std (K backward passes per training step).")
 @click.option("--final-epochs", type=int,
               help="Make the last N epochs an energy-refinement stage: energy loss weight x10 (or "
                    "final_loss_weights), constant rate lr x final_lr_factor (0.1); the model is the best of it.")

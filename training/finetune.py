@@ -81,7 +81,7 @@ def build_heads(config: FinetuneConfig, stats: dict, references: dict) -> list[H
     if any(t in ENERGY_AND_DERIVATIVES for t in targets):
         scale = positive(stats.get("force_rms")) if "forces" in targets else positive(stats.get("energy_std"))
         heads.append(HeadSpec("energy", "energy", "sum", scale=scale, shift=stats.get("energy_mean_per_atom", 0.0),
-                              element_references=references, units="eV"))
+                              element_references=references, units="eV", committee=int(config.committee)))
         if config.direct_forces:
             heads.append(HeadSpec("forces", "direct_forces", "sum", scale=positive(stats.get("force_rms")),
                                   units="eV/Å"))
@@ -262,7 +262,7 @@ def describe_settings(model: FineTunedModel, sources: dict, config: FinetuneConf
             f"({s['tags']}), qint_tags {tuple(cfg.backbone.qint_tags)} ({s['qint_tags']}); quadruplet basis "
             f"{basis}, {cfg.neighbor_order} neighbour order; memory {model.memory}; "
             f"{describe_threads(torch.get_num_threads())}; heads "
-            f"{[h.name for h in cfg.heads]}; {len(frozen)} parameter tensors outside the loss frozen"
+            f"{[h.name + (f' (committee of {h.committee})' if h.committee > 1 else '') for h in cfg.heads]}; {len(frozen)} parameter tensors outside the loss frozen"
             + final_stage_description(config))
 
 

@@ -32,6 +32,7 @@ class FinetuneConfig:
     reductions: dict = field(default_factory=dict)  # graph target -> sum | mean | max (default mean)
     units: dict = field(default_factory=dict)  # graph target -> unit name, for reports
     direct_forces: bool = False
+    committee: int = 1  # energy MLPs on one backbone pass, each trained on the labels: energy_std, forces_std
     fit_references: bool = True
     # Graph settings: None takes the parent's (a jmp-ase model file or pretrain.ckpt states them;
     # an original JMP checkpoint does not: then 12 Å (at most the radial basis), 30, ignore, (1, 2)).
@@ -113,6 +114,8 @@ class FinetuneConfig:
                              f"got {self.final_epochs}")
         if not float(self.final_lr_factor) > 0:
             raise ValueError(f"final_lr_factor must be positive, got {self.final_lr_factor}")
+        if int(self.committee) < 1 or (int(self.committee) > 1 and self.direct_forces):
+            raise ValueError(f"--committee must be at least 1 (and 1 with direct_forces), got {self.committee}")
         if self.eval_batch_size is not None and int(self.eval_batch_size) < 1:
             raise ValueError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
         if not float(self.lr) > 0:

@@ -22,6 +22,8 @@ from jmp_ase.training.parent import Parent
 
 #: training structures whose zero-shot energies fix the per-element offset
 NUM_OFFSET_STRUCTURES = 64
+# Committee members 1.. start from the pre-training head plus noise of this fraction of each weight tensor's std.
+COMMITTEE_NOISE = 0.1
 
 
 def _energy_head(parent: Parent, name: str):
@@ -51,6 +53,12 @@ def start_energy_head(model: FineTunedModel, parent: Parent, name: str, train_se
     state, _, _ = _energy_head(parent, name)
     head = next(h for h in model.heads.values() if h.spec.kind == "energy")
     head.mlp.load_state_dict(state)
+    for k, member in enumerate(getattr(head, "members", [])):  # a committee: the same start, perturbed
+        member.load_state_dict(state)
+        generator = torch.Generator().manual_seed(1000 + k)
+        with torch.no_grad():
+            for p in member.parameters():
+                p.add_(COMMITTEE_NOISE * p.std() * torch.randn(p.shape, generator=generator).to(p))
     count = min(len(train_set), NUM_OFFSET_STRUCTURES)
     samples = [train_set[i] for i in range(count)]
     if any("energy" not in s.labels for s in samples):

@@ -72,7 +72,22 @@ def force_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def compute_losses(preds: dict, targets: dict, weights: dict, scales: dict) -> tuple[torch.Tensor, dict]:
-    """Total loss Σ_t w_t L_t / σ_t and the unweighted per-target terms L_t (physical units)."""
+    """Total loss Σ_t w_t L_t / σ_t and the unweighted per-target terms L_t (physical units).
+
+    A committee (``energy_members`` (K, B), ``forces_members`` (K, N, 3) in ``preds``) trains every
+    member on the labels: the total is the mean over members of each member's loss (stress: the
+    members' mean); the terms are those of the committee's mean prediction."""
+    members = preds.get("energy_members")
+    if members is not None:
+        forces = preds.get("forces_members")
+        total = sum(_weighted_loss({**preds, "energy": members[k],
+                                    **({"forces": forces[k]} if forces is not None else {})},
+                                   targets, weights, scales)[0] for k in range(members.shape[0]))
+        return total / members.shape[0], _weighted_loss(preds, targets, weights, scales)[1]
+    return _weighted_loss(preds, targets, weights, scales)
+
+
+def _weighted_loss(preds: dict, targets: dict, weights: dict, scales: dict) -> tuple[torch.Tensor, dict]:
     terms = {}
     total = 0.0
     for name, target in targets.items():

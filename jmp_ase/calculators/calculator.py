@@ -249,7 +249,7 @@ class JMPCalculator(Calculator):
             self.check_structure(atoms if atoms is not None else self.atoms, properties)
             super().calculate(atoms, properties, system_changes)
             try:
-                self.results = self._predict_chunk([self.atoms])[0]
+                self.results = self._predict_chunk([self.atoms], spread=keys.FORCES_STD.name in properties)[0]
             except BaseException:
                 self.atoms = None  # nothing half-computed stays cached
                 raise
@@ -321,12 +321,14 @@ class JMPCalculator(Calculator):
         results: list[dict] = []
         with self._lock:
             for start in chunks:
-                results.extend(self._predict_chunk(atoms_list[start:start + size], first_index=start))
+                results.extend(self._predict_chunk(atoms_list[start:start + size], first_index=start,
+                                                   spread=keys.FORCES_STD.name in properties))
         return results
 
-    def _predict_chunk(self, atoms_list: list, first_index: int | None = None) -> list[dict]:
+    def _predict_chunk(self, atoms_list: list, first_index: int | None = None, spread: bool = False) -> list[dict]:
         """One model pass over already checked structures (``first_index``: the first one's
-        index in :meth:`predict`'s list, for messages)."""
+        index in :meth:`predict`'s list, for messages; ``spread``: a committee's forces_std too,
+        one backward pass per member)."""
         predictor = self.predictor
         periodic = [bool(np.all(a.pbc)) for a in atoms_list]
         want_stress = self.supports_stress and any(periodic)
@@ -337,7 +339,7 @@ class JMPCalculator(Calculator):
         if not self._neighbor_warning_given:
             self._warn_neighbor_limit(truncated, first_index)
         with torch.set_grad_enabled(getattr(predictor, "needs_grad", True)):
-            out = predictor(batch, compute_stress=want_stress)
+            out = predictor(batch, compute_stress=want_stress, **({"compute_spread": True} if spread else {}))
         out = {k: v.detach().to("cpu", torch.float64).numpy() for k, v in out.items()}
         offsets = np.concatenate([[0], np.cumsum(batch.natoms.cpu().numpy())])
         results = [self._unbatch(out, b, slice(offsets[b], offsets[b + 1]), periodic[b])

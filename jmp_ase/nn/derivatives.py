@@ -36,11 +36,12 @@ class StrainedInputs(NamedTuple):
         return cls(positions, strain, strained_pos, cell + torch.bmm(cell, sym))
 
     def derivatives(self, energy: torch.Tensor, cell: torch.Tensor, forces: bool, stress: bool,
-                    create_graph: bool = False) -> dict[str, torch.Tensor]:
+                    create_graph: bool = False, retain_graph: bool = False) -> dict[str, torch.Tensor]:
         """``{"forces": (N, 3), "stress": (B, 3, 3)}`` (those requested) of the energies (B,).
 
-        ``create_graph`` keeps the graph for a loss on the forces (training). Raises
-        ``RuntimeError`` when the energy does not depend on the positions or the strain.
+        ``create_graph`` keeps the graph for a loss on the forces (training); ``retain_graph``
+        keeps it for further derivatives (of other energies). Raises ``RuntimeError`` when the
+        energy does not depend on the positions or the strain.
         """
         inputs = ([self.positions] if forces else []) + ([self.strain] if stress else [])
         if not inputs:
@@ -51,7 +52,8 @@ class StrainedInputs(NamedTuple):
                 "(computed under torch.no_grad() or from detached inputs)"
             )
         try:
-            grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph)
+            grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph,
+                                        retain_graph=create_graph or retain_graph)
         except RuntimeError as err:
             raise RuntimeError(f"the energy does not depend on the positions or the strain: {err}") from err
         out = {}
@@ -60,4 +62,20 @@ class StrainedInputs(NamedTuple):
         if stress:
             volume = torch.linalg.det(cell).abs()
             out["stress"] = grads[-1] / volume[:, None, None]
+        return out
+
+    def committee_derivatives(self, members: torch.Tensor, cell: torch.Tensor, stress: bool,
+                              create_graph: bool = False) -> dict[str, torch.Tensor]:
+        """Forces (and stress) of each committee member's energies ``members`` (K, B): their means
+        ``forces`` (N, 3) and ``stress`` (B, 3, 3), ``forces_members`` (K, N, 3) and ``forces_std``
+        (N,) = sqrt(mean over members of |F_k - F|²). One backward pass per member."""
+        count = members.shape[0]
+        parts = [self.derivatives(members[k], cell, True, stress, create_graph, retain_graph=k < count - 1)
+                 for k in range(count)]
+        forces = torch.stack([p["forces"] for p in parts])
+        mean = forces.mean(0)
+        out = {"forces": mean, "forces_members": forces,
+               "forces_std": ((forces - mean) ** 2).sum(-1).mean(0).sqrt()}
+        if stress:
+            out["stress"] = torch.stack([p["stress"] for p in parts]).mean(0)
         return out

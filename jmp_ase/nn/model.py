@@ -14,6 +14,7 @@ from torch import nn
 
 from jmp_ase.nn.backbone import BackboneOutput, GemNetOCBackbone
 from jmp_ase.data.batch import AtomsBatch
+import jmp_ase.keys as keys
 from jmp_ase.keys import RESERVED_NAMES, UNITS
 from jmp_ase.nn.config import BackboneConfig
 from jmp_ase.nn.derivatives import StrainedInputs
@@ -124,6 +125,8 @@ class ModelConfig:
                 raise ValueError(f"at most one {kind!r} head is allowed")
         if any(h.kind == "direct_forces" for h in self.heads) and not any(h.kind == "energy" for h in self.heads):
             raise ValueError("a direct_forces head needs an energy head beside it")
+        if any(h.kind == "direct_forces" for h in self.heads) and any(h.committee > 1 for h in self.heads):
+            raise ValueError("a committee energy head needs conservative forces (no direct_forces head)")
         clash = [h.name for h in self.heads if h.kind == "scalar" and h.name in RESERVED_NAMES]
         if clash:
             raise ValueError(f"scalar heads may not be named {clash}: these names are ASE properties")
@@ -221,9 +224,14 @@ class FineTunedModel(JMPBackboneModel):
             props += [name for name in head.outputs() if name not in props]
         return props
 
-    def forward(self, batch: AtomsBatch, compute_stress: bool = False, compute_forces: bool = True) -> dict:
+    def forward(self, batch: AtomsBatch, compute_stress: bool = False, compute_forces: bool = True,
+                compute_spread: bool = False) -> dict:
         """Predictions for a batch: energy (B,), energies (N,), forces (N, 3), stress (B, 3, 3)
-        and one (B,) tensor per scalar head, keyed by head name."""
+        and one (B,) tensor per scalar head, keyed by head name.
+
+        A committee energy head adds ``energy_std`` (B,); with ``compute_spread`` (one backward
+        pass per member) also ``forces_std`` (N,). In training mode it adds each member's
+        ``energy_members`` (K, B) and ``forces_members`` (K, N, 3) for the loss."""
         energy_head = self._head_of_kind("energy")
         conservative = self.conservative and compute_forces
         compute_stress = compute_stress and energy_head is not None
@@ -236,6 +244,14 @@ class FineTunedModel(JMPBackboneModel):
         results: dict[str, torch.Tensor] = {}
         for head in self.heads.values():
             results.update(head(head_inputs))
+        members = results.pop(keys.ENERGY_MEMBERS.name, None)
+        if members is not None and self.training:
+            results[keys.ENERGY_MEMBERS.name] = members
+        if members is not None and conservative and (self.training or compute_spread):
+            results.update(inputs.committee_derivatives(members, batch.cell, compute_stress, self.training))
+            if not self.training:
+                del results[keys.FORCES_MEMBERS.name]
+            return results
         results.update(inputs.derivatives(results.get("energy"), batch.cell, conservative, compute_stress,
                                           create_graph=self.training))
         return results

@@ -58,6 +58,9 @@ class HeadSpec:
     mlp_bias: bool = False
     """A bias on the MLP's first layer, as JMP's pre-training energy heads have (set when the
     head starts from one of them); new heads have none, as in JMP's fine-tuning."""
+    committee: int = 1
+    """Energy heads: the number of MLPs (members) on the same node embedding, each trained on the
+    labels. The energy is their mean; their spread gives ``energy_std`` and ``forces_std``."""
 
     def __post_init__(self):
         if self.kind not in HEAD_TYPES:
@@ -66,6 +69,10 @@ class HeadSpec:
             raise ValueError(f"head {self.name!r}: reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
         if self.kind == "energy" and self.reduction != "sum":
             raise ValueError(f"head {self.name!r}: an energy head must be sum-pooled")
+        self.committee = int(self.committee)
+        if self.committee < 1 or (self.committee > 1 and self.kind != "energy"):
+            raise ValueError(f"head {self.name!r}: committee must be 1, or more for an energy head, "
+                             f"got {self.committee} ({self.kind})")
         self.element_references = {int(k): float(v) for k, v in self.element_references.items()}
         self.name, self.units = str(self.name), str(self.units)
         self.scale, self.shift = float(self.scale), float(self.shift)
@@ -129,7 +136,10 @@ class Head(nn.Module):
     # -- shared de-normalisation of node heads
     def per_atom(self, node_embedding: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """De-normalised per-atom contributions (N,) for sum pooling, raw (N,) otherwise."""
-        raw = self.mlp(node_embedding)[:, 0]
+        return self.denormalise(self.mlp(node_embedding)[:, 0], numbers)
+
+    def denormalise(self, raw: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """``raw`` (..., N) MLP outputs -> per-atom contributions (sum pooling), else unchanged."""
         spec = self.spec
         if spec.reduction != "sum":
             return raw
