@@ -76,6 +76,11 @@ class DataSettings:
     """Structures per validation batch (None: batch_size)."""
     num_workers: int = 0
     """DataLoader worker processes (they read structures and build graphs)."""
+    streaming: bool = False
+    """True: keep nothing per structure but its atom count (data larger than memory): every
+    access reads the structure from its extxyz/LMDB file and builds its graphs again. False:
+    each process keeps a structure's graphs after first building them. Either way the files
+    are read frame by frame and the statistics come from one pass that keeps no labels."""
 
 
 @dataclass
