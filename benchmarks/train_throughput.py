@@ -18,6 +18,8 @@ data``): wall time from the start of the first training batch, first steps inclu
 from __future__ import annotations
 
 import argparse
+import csv
+import math
 import os
 import platform
 import re
@@ -32,11 +34,14 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+# this folder's profile.py would shadow the standard library's (cProfile imports it)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE / "mini_jmp"))
 from run import finetune_config, load_yaml, pretrain_config, write_slice  # noqa: E402  (benchmarks/mini_jmp/run.py)
 
 FINETUNE_TASKS = {"aspirin": "aspirin-1000", "catalysis": "catalysis"}  # case -> tasks.yaml task
-LINE = re.compile(r"training: ([0-9.e+]+) structures/s per process, ([0-9.]+) % of it waiting for data")
+LINE = re.compile(r"training: ([0-9.e+]+) structures/s per process, ([0-9.]+) % of it waiting for data"
+                  r"[^\n]*?(?:after the first batch ([0-9.]+) %)?$", re.M)
 
 
 def machine_line(threads: int) -> str:
@@ -54,8 +59,9 @@ def machine_line(threads: int) -> str:
             f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
-def _run(argv: list, log: Path, threads: int) -> tuple[float, float, float]:
-    """Run one training subprocess; (structures/s, data-wait share, wall s) from its last line."""
+def _run(argv: list, log: Path, threads: int) -> tuple[float, float, float, float]:
+    """Run one training subprocess; (structures/s, data-wait share, the share without the first
+    batch, wall s) from its last line (fine-tuning: the share without the first batch from steps.csv)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -64,8 +70,14 @@ def _run(argv: list, log: Path, threads: int) -> tuple[float, float, float]:
     found = LINE.findall(proc.stdout)
     if proc.returncode != 0 or not found:
         raise RuntimeError(f"{' '.join(map(str, argv))} failed (log: {log}):\n{proc.stdout[-2000:]}")
-    rate, share = found[-1]
-    return float(rate), float(share) / 100, wall
+    rate, share, later = found[-1]
+    steps = log.parent / "out" / "steps.csv"
+    if not later and steps.is_file():
+        with open(steps, newline="") as f:
+            rows = list(csv.DictReader(f))[1:]
+        data_s, step_s = (sum(float(r[k]) for r in rows) for k in ("data_s", "step_s"))
+        later = 100 * data_s / (data_s + step_s) if rows else math.nan
+    return float(rate), float(share) / 100, float(later or "nan") / 100, wall
 
 
 def pretrain_case(data: Path, work: Path, steps: int, workers: int, threads: int):
@@ -79,9 +91,8 @@ def pretrain_case(data: Path, work: Path, steps: int, workers: int, threads: int
     cfg["scale_fit"]["num_batches"] = 2
     path = work / "pretrain.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    rate, share, wall = _run([sys.executable, "-m", "jmp_ase.training.pretrain", str(path), "--threads", str(threads)],
-                             work / "log.txt", threads)
-    return rate, share, wall, cfg["data"]["batch_size"]
+    return (*_run([sys.executable, "-m", "jmp_ase.training.pretrain", str(path), "--threads", str(threads)],
+                  work / "log.txt", threads), cfg["data"]["batch_size"])
 
 
 def finetune_case(task_name: str, data: Path, work: Path, steps: int, workers: int, threads: int):
@@ -96,31 +107,34 @@ def finetune_case(task_name: str, data: Path, work: Path, steps: int, workers: i
     task.update(max_epochs=1, test=str(task["val"]))
     cfg = finetune_config(task, spec["common"], data, work / "out", float(task.get("lr", spec["learning_rates"][0])),
                           False, REPO / "jmp_ase" / "models" / "jmp-mini.ckpt")
-    cfg.update(num_workers=workers, test=None, warmup_epochs=0.5, cosine_epochs=1)
+    cfg.update(num_workers=workers, test=None, warmup_epochs=0.5, cosine_epochs=1, ema=False)  # a model file: no EMA
     path = work / "finetune.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    rate, share, wall = _run([sys.executable, "-m", "jmp_ase.training.cli", "finetune", str(path), "--threads",
-                              str(threads)], work / "log.txt", threads)
-    return rate, share, wall, batch
+    return (*_run([sys.executable, "-m", "jmp_ase.training.cli", "finetune", str(path), "--threads", str(threads)],
+                  work / "log.txt", threads), batch)
 
 
 def loops(args) -> None:
     print(machine_line(args.threads))
     print(f"# {args.steps} optimiser steps per case; data-wait share target < 10 % of a step")
-    print(f"{'case':22s} {'workers':>7s} {'batch':>5s} {'structs/s':>10s} {'data wait':>10s} {'wall s':>7s}")
+    print("# data wait: share of the training loop's time spent waiting for batches; 'after 1st': without the")
+    print("# first batch (which includes starting the workers and, in fine-tuning, the first graphs)")
+    print(f"{'case':22s} {'workers':>7s} {'batch':>5s} {'structs/s':>10s} {'data wait':>10s} {'after 1st':>10s} "
+          f"{'wall s':>7s}")
     root = Path(tempfile.mkdtemp(prefix="train-throughput-"))
     for case in args.cases:
         for workers in args.num_workers:
             work = root / f"{case}-w{workers}"
             work.mkdir(parents=True)
             if case == "pretrain":
-                rate, share, wall, batch = pretrain_case(args.data, work, args.steps, workers, args.threads)
+                rate, share, later, wall, batch = pretrain_case(args.data, work, args.steps, workers, args.threads)
                 label = "pretrain (3 sets)"
             else:
-                rate, share, wall, batch = finetune_case(FINETUNE_TASKS[case], args.data, work, args.steps, workers,
-                                                         args.threads)
+                rate, share, later, wall, batch = finetune_case(FINETUNE_TASKS[case], args.data, work, args.steps,
+                                                                workers, args.threads)
                 label = f"finetune {FINETUNE_TASKS[case]}"
-            print(f"{label:22s} {workers:7d} {batch:5d} {rate:10.2f} {100 * share:9.1f}% {wall:7.0f}", flush=True)
+            print(f"{label:22s} {workers:7d} {batch:5d} {rate:10.2f} {100 * share:9.1f}% {100 * later:9.1f}% "
+                  f"{wall:7.0f}", flush=True)
     print(f"# end: load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; logs under {root}")
 
 
@@ -137,7 +151,7 @@ def model_only(args) -> None:
     from jmp_ase.nn.heads import HeadSpec
     from jmp_ase.nn.model import FineTunedModel, ModelConfig
     from jmp_ase.training.data import StructureDataset, collate, read_structures
-    from jmp_ase.training.finetune import compute_losses
+    from jmp_ase.training.losses import compute_losses
 
     def step_seconds(model, optimizer, batch, targets) -> float:
         start = time.perf_counter()

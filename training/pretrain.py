@@ -111,15 +111,23 @@ class PretrainModule(pl.LightningModule):
         self._t_end = time.perf_counter()
         self.timing["step_s"] += self._t_end - self._t_start
         self.timing["structures"] += batch[0].num_structures
+        if "first" not in self.timing:  # the first batch of the run waits for the workers to start
+            self.timing["first"] = dict(self.timing)
 
     def throughput_line(self) -> str:
-        """Training structures per second of this process and the share spent waiting for data."""
+        """Training structures per second of this process and the share spent waiting for data
+        (all batches; then without the run's first batch, which includes starting the workers)."""
         t = self.timing
         total = t["data_s"] + t["step_s"]
         if total <= 0:
             return "training: no step timed"
-        return (f"training: {t['structures'] / total:.3g} structures/s per process, {100 * t['data_s'] / total:.1f} % "
+        line = (f"training: {t['structures'] / total:.3g} structures/s per process, {100 * t['data_s'] / total:.1f} % "
                 f"of it waiting for data (reading, graph building; num_workers {self.data.cfg.data.num_workers})")
+        first = t.get("first", t)
+        rest = total - first["data_s"] - first["step_s"]
+        if rest > 0:
+            line += f"; after the first batch {100 * (t['data_s'] - first['data_s']) / rest:.1f} %"
+        return line
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         atoms, targets = batch

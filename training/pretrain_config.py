@@ -19,7 +19,8 @@ class DatasetConfig:
     name: str = ""
     """Name of the data set (its head in ``pretrain.ckpt``); required."""
     train: str | list | None = None
-    """Training structures: a file (.extxyz/.xyz, ASE .db, .lmdb) or a list of files; required."""
+    """Training structures: a file (.extxyz/.xyz, ASE .db, .lmdb) or a list of files; required.
+    extxyz and LMDB are read frame by frame; an ASE database is read into memory."""
     val: str | list | None = None
     """Validation structures (none: no validation of this data set)."""
     train_index: str | int = ":"

@@ -11,6 +11,14 @@ and qint graphs are sub-selected again from the remaining edges (nearest first, 
 limits and tag filter as :func:`jmp_ase.data.graphs.structure_graphs`). The backbone's output
 blocks rescale x_E by 1/(1-p) in training mode. The random draws use a per-item seed from
 the sampler, so a run (and a resumed run) drops the same edges.
+
+Memory: the training and validation sets are lazy selections of their files
+(:class:`~jmp_ase.training.data.SelectedStructures`: extxyz and LMDB are read frame by frame);
+statistics and element references come from one pass (:class:`~jmp_ase.training.data.StreamingStatistics`)
+that keeps 4 bytes per structure (its atom count); ``data.streaming`` turns off the per-process
+graph cache, leaving nothing per structure but that count, its file offset and its place in
+the sampler's permutation of the current epoch (8 bytes per item). Graphs are built in the
+DataLoader workers.
 """
 from __future__ import annotations
 
