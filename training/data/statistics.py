@@ -116,7 +116,7 @@ class StreamingStatistics:
 
     def __init__(self, num_elements: int = 120, buffer: int = 4096):
         self.size, self.buffer = num_elements + 1, int(buffer)
-        self._pending: list[tuple[float, np.ndarray]] = []  # (energy, composition) until w0 is fitted
+        self._pending: list[tuple[float, np.ndarray]] = []  # (energy, composition) not yet in the sums
         self.w0: np.ndarray | None = None
         self.gram = np.zeros((self.size, self.size))  # Σ c cᵀ
         self.rhs = np.zeros(self.size)  # Σ r c, r = E - c·w0
@@ -137,35 +137,32 @@ class StreamingStatistics:
             self.force_n += value.size
         if "energy" in labels:
             self.has_energy = True
-            c = np.bincount(numbers, minlength=self.size).astype(np.float64)
-            if self.w0 is None:
-                self._pending.append((float(labels["energy"]), c))
-                if len(self._pending) >= self.buffer:
-                    self._flush()
-            else:
-                self._accumulate(float(labels["energy"]), c)
+            self._pending.append((float(labels["energy"]), np.bincount(numbers, minlength=self.size)))
+            if len(self._pending) >= (self.buffer if self.w0 is None else 256):
+                self._flush()
 
     def _flush(self) -> None:
+        """Fold the pending structures into the sums (fitting w0 on them first if there is none)."""
+        if not self._pending:
+            return
         energies = np.asarray([e for e, _ in self._pending])
-        counts = np.stack([c for _, c in self._pending])
-        used = counts.any(axis=0)
-        self.w0 = np.zeros(self.size)
-        self.w0[used] = np.linalg.lstsq(counts[:, used], energies, rcond=None)[0]
-        pending, self._pending = self._pending, []
-        for e, c in pending:
-            self._accumulate(e, c)
-
-    def _accumulate(self, energy: float, c: np.ndarray) -> None:
-        z = np.flatnonzero(c)
-        cz, n = c[z], c.sum()
-        r = energy - float(cz @ self.w0[z])
-        self.gram[np.ix_(z, z)] += np.outer(cz, cz)
-        self.rhs[z] += r * cz
-        self.inv_n[z] += cz / n
-        self.c_sum[z] += cz
-        self.r_sum += r
-        self.r_sq += r * r
-        self.r_per_atom += r / n
+        counts = np.stack([c for _, c in self._pending]).astype(np.float64)
+        self._pending = []
+        if self.w0 is None:
+            used = counts.any(axis=0)
+            self.w0 = np.zeros(self.size)
+            self.w0[used] = np.linalg.lstsq(counts[:, used], energies, rcond=None)[0]
+        cols = np.flatnonzero(counts.any(axis=0))  # the elements present: a few columns of the 121
+        counts = counts[:, cols]
+        n = counts.sum(axis=1)
+        r = energies - counts @ self.w0[cols]
+        self.gram[np.ix_(cols, cols)] += counts.T @ counts
+        self.rhs[cols] += counts.T @ r
+        self.inv_n[cols] += (counts / n[:, None]).sum(axis=0)
+        self.c_sum[cols] += counts.sum(axis=0)
+        self.r_sum += float(r.sum())
+        self.r_sq += float(r @ r)
+        self.r_per_atom += float((r / n).sum())
 
     def result(self) -> tuple[dict[int, float], dict]:
         """``(references, statistics)``: as :func:`fit_element_references` on every structure
@@ -176,8 +173,7 @@ class StreamingStatistics:
         stats = {"num_structures": len(self.natoms), "mean_natoms": float(natoms.mean())}
         refs: dict[int, float] = {}
         if self.has_energy:
-            if self.w0 is None:
-                self._flush()
+            self._flush()
             used = np.flatnonzero(self.gram.diagonal() > 0)
             g = self.gram[np.ix_(used, used)]
             # minimum-norm correction: w0 lies in the row space of the compositions already
