@@ -27,6 +27,7 @@ import csv
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -81,6 +82,9 @@ class PretrainModule(pl.LightningModule):
         self.shared = [(self.backbone.bases.get_parameter(n), bb.num_blocks) for n in _SHARED]
         self.shared.append((self.backbone.bases.get_parameter("mlp_rbf_out.linear.weight"), bb.num_blocks + 1))
         self._last_ids = None
+        # wall time of this process: waiting for batches (reading, graph building, collation) and steps
+        self.timing = {"structures": 0, "data_s": 0.0, "step_s": 0.0}
+        self._t_end = self._t_start = None
 
     def forward(self, batch, task: torch.Tensor):
         """Energy (B,) and forces (N, 3) of every structure's own head (normalised units)."""
@@ -95,6 +99,35 @@ class PretrainModule(pl.LightningModule):
 
     def val_dataloader(self):
         return self.data.val_loader(self.trainer.world_size, self.trainer.global_rank) or []
+
+    def on_train_epoch_start(self):
+        self._t_end = time.perf_counter()
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._t_start = time.perf_counter()
+        self.timing["data_s"] += self._t_start - self._t_end if self._t_end is not None else 0.0
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self._t_end = time.perf_counter()
+        self.timing["step_s"] += self._t_end - self._t_start
+        self.timing["structures"] += batch[0].num_structures
+        if "first" not in self.timing:  # the first batch of the run waits for the workers to start
+            self.timing["first"] = dict(self.timing)
+
+    def throughput_line(self) -> str:
+        """Training structures per second of this process and the share spent waiting for data
+        (all batches; then without the run's first batch, which includes starting the workers)."""
+        t = self.timing
+        total = t["data_s"] + t["step_s"]
+        if total <= 0:
+            return "training: no step timed"
+        line = (f"training: {t['structures'] / total:.3g} structures/s per process, {100 * t['data_s'] / total:.1f} % "
+                f"of it waiting for data (reading, graph building; num_workers {self.data.cfg.data.num_workers})")
+        first = t.get("first", t)
+        rest = total - first["data_s"] - first["step_s"]
+        if rest > 0:
+            line += f"; after the first batch {100 * (t['data_s'] - first['data_s']) / rest:.1f} %"
+        return line
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         atoms, targets = batch
@@ -325,6 +358,7 @@ def run_pretrain(config: PretrainConfig | dict, resume: bool | None = None) -> P
     trainer.fit(module, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
         export_pretrained(module, ema, out / "pretrain.ckpt", trainer)
+        print(module.throughput_line(), file=sys.stderr, flush=True)
     return out / "pretrain.ckpt"
 
 

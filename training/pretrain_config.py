@@ -19,7 +19,8 @@ class DatasetConfig:
     name: str = ""
     """Name of the data set (its head in ``pretrain.ckpt``); required."""
     train: str | list | None = None
-    """Training structures: a file (.extxyz/.xyz, ASE .db, .lmdb) or a list of files; required."""
+    """Training structures: a file (.extxyz/.xyz, ASE .db, .lmdb) or a list of files; required.
+    extxyz and LMDB are read frame by frame; an ASE database is read into memory."""
     val: str | list | None = None
     """Validation structures (none: no validation of this data set)."""
     train_index: str | int = ":"
@@ -76,6 +77,11 @@ class DataSettings:
     """Structures per validation batch (None: batch_size)."""
     num_workers: int = 0
     """DataLoader worker processes (they read structures and build graphs)."""
+    streaming: bool = False
+    """True: keep nothing per structure but its atom count (data larger than memory): every
+    access reads the structure from its extxyz/LMDB file and builds its graphs again. False:
+    each process keeps a structure's graphs after first building them. Either way the files
+    are read frame by frame and the statistics come from one pass that keeps no labels."""
 
 
 @dataclass

@@ -11,6 +11,14 @@ and qint graphs are sub-selected again from the remaining edges (nearest first, 
 limits and tag filter as :func:`jmp_ase.data.graphs.structure_graphs`). The backbone's output
 blocks rescale x_E by 1/(1-p) in training mode. The random draws use a per-item seed from
 the sampler, so a run (and a resumed run) drops the same edges.
+
+Memory: the training and validation sets are lazy selections of their files
+(:class:`~jmp_ase.training.data.SelectedStructures`: extxyz and LMDB are read frame by frame);
+statistics and element references come from one pass (:class:`~jmp_ase.training.data.StreamingStatistics`)
+that keeps 4 bytes per structure (its atom count); ``data.streaming`` turns off the per-process
+graph cache, leaving nothing per structure but that count, its file offset and its place in
+the sampler's permutation of the current epoch (8 bytes per item). Graphs are built in the
+DataLoader workers.
 """
 from __future__ import annotations
 
@@ -18,23 +26,21 @@ import dataclasses
 
 import numpy as np
 import torch
-from ase.io.formats import string2index
 
 from jmp_ase.data.graphs import GraphSettings, resolve_tags, select_subgraphs
 from jmp_ase.training.data import (
-    ConcatStructures, GraphSample, StructureDataset, collate, dataset_statistics, fit_element_references,
+    ConcatStructures, GraphSample, SelectedStructures, StreamingStatistics, StructureDataset, atom_counts, collate,
     open_structures,
 )
 from jmp_ase.training.pretrain_config import DatasetConfig, PretrainConfig
 from jmp_ase.training.sampler import ResumableDataLoader, TemperatureBatchSampler
 
-def _structures(paths, index, fmt):
+def _structures(paths, index, fmt) -> SelectedStructures:
+    """The selected structures of one or several files, as a lazy view (extxyz and LMDB are read
+    frame by frame when accessed; an ASE database is read into memory)."""
     paths = [paths] if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__") else list(paths)
     source = ConcatStructures([open_structures(str(p), fmt, streaming=True) for p in paths], [str(p) for p in paths])
-    selected = range(len(source))[string2index(index) if isinstance(index, str) else index]
-    if isinstance(selected, int):
-        selected = [selected]
-    return [source[k] for k in selected], [source.location(k) for k in selected]
+    return SelectedStructures.of(source, index)
 
 
 def drop_edges(sample: GraphSample, settings: GraphSettings, p: float, rng: np.random.Generator) -> GraphSample:
@@ -116,31 +122,45 @@ class PretrainData:
         self.specs = cfg.data.datasets
         self.settings = [GraphSettings(d.cutoff, d.max_neighbors, tuple(qint_tags), tags=d.tags)
                          for d in self.specs]
-        self.train, self.val, self.natoms, self.task_info = [], [], [], []
+        cache = not cfg.data.streaming
+        self.train, self.val, self.task_info, self._natoms = [], [], [], []
         for k, spec in enumerate(self.specs):
-            structures, locations = _structures(spec.train, spec.train_index, spec.format)
-            ds = StructureDataset(structures, ["energy", "forces"], self.settings[k], locations=locations,
-                                  num_elements=num_elements, name=spec.name)
+            ds = StructureDataset(_structures(spec.train, spec.train_index, spec.format), ["energy", "forces"],
+                                  self.settings[k], cache=cache, num_elements=num_elements, name=spec.name)
             self.train.append(ds)
-            pairs = [ds.labels(i) for i in range(len(ds))]
-            self.natoms.append([len(n) for n, _ in pairs])
-            info = saved_tasks[k] if saved_tasks else self._statistics(spec, pairs)
-            if saved_tasks and info["name"] != spec.name:
-                raise ValueError(f"data set {k} is {spec.name!r} but the checkpoint has {info['name']!r}")
+            if saved_tasks:
+                info, natoms = saved_tasks[k], None  # atom counts read when a sampler needs them
+                if info["name"] != spec.name:
+                    raise ValueError(f"data set {k} is {spec.name!r} but the checkpoint has {info['name']!r}")
+            else:
+                info, natoms = self._statistics(spec, ds)
+            self._natoms.append(natoms)
             self.task_info.append(info)
             if spec.val:
-                structures, locations = _structures(spec.val, spec.val_index, spec.format)
-                self.val.append(StructureDataset(structures, ["energy", "forces"], self.settings[k],
-                                                 locations=locations, num_elements=num_elements, name=spec.name))
+                self.val.append(StructureDataset(_structures(spec.val, spec.val_index, spec.format),
+                                                 ["energy", "forces"], self.settings[k], cache=cache,
+                                                 num_elements=num_elements, name=spec.name))
             else:
                 self.val.append(None)
 
-    def _statistics(self, spec: DatasetConfig, pairs: list) -> dict:
-        refs = fit_element_references([l["energy"] for _, l in pairs], [n for n, _ in pairs])
-        stats = dataset_statistics(pairs, refs)
+    @property
+    def natoms(self) -> list[np.ndarray]:
+        """Atoms of every training structure of each data set (int32; for balancing processes)."""
+        for k, ds in enumerate(self.train):
+            if self._natoms[k] is None:
+                self._natoms[k] = atom_counts(ds.structures)
+        return self._natoms
+
+    def _statistics(self, spec: DatasetConfig, ds: StructureDataset) -> tuple[dict, np.ndarray]:
+        """The data set's normalisation and references, from one pass over its structures that
+        keeps only their atom counts (returned as well)."""
+        acc = StreamingStatistics(self.num_elements)
+        for i in range(len(ds)):
+            acc.add(*ds.labels(i))
+        refs, stats = acc.result()
         shift = stats["energy_mean_per_atom"]
         force_scale = spec.force_loss_scale
-        return {
+        info = {
             "name": spec.name, "cutoff": float(spec.cutoff), "max_neighbors": int(spec.max_neighbors),
             "tags": spec.tags,
             "num_structures": stats["num_structures"], "mean_natoms": stats["mean_natoms"],
@@ -149,6 +169,7 @@ class PretrainData:
             "energy_loss_scale": float(spec.energy_loss_scale),
             "force_loss_scale": float(stats["mean_natoms"] if force_scale is None else force_scale),
         }
+        return info, np.asarray(acc.natoms, dtype=np.int32)
 
     @property
     def has_val(self) -> bool:
@@ -161,7 +182,8 @@ class PretrainData:
     def train_loader(self, num_replicas: int = 1, rank: int = 0) -> ResumableDataLoader:
         d = self.cfg.data
         sampler = TemperatureBatchSampler([len(x) for x in self.train], d.batch_size, d.temperature,
-                                          self.cfg.seed, num_replicas, rank, natoms=self.natoms)
+                                          self.cfg.seed, num_replicas, rank,
+                                          natoms=self.natoms if num_replicas > 1 else None)
         return ResumableDataLoader(TaskItems(self.train), batch_sampler=sampler, collate_fn=self._collate(True),
                                    num_workers=d.num_workers, persistent_workers=d.num_workers > 0)
 

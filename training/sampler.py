@@ -137,44 +137,50 @@ class TemperatureBatchSampler(Sampler):
             raise ValueError(f"the checkpoint's sampler seed {state['seed']} differs from this run's {self.seed}")
         self.epoch, self.start_batch, self._iter_epoch = int(state["epoch"]), int(state["start_batch"]), None
 
+    def _order(self, epoch: int) -> np.ndarray:
+        """The epoch's permutation of the concatenated expanded data sets (8 bytes per item)."""
+        total = sum(self.epoch_sizes)
+        if not self.shuffle:
+            return np.arange(total, dtype=np.int64)
+        g = torch.Generator()
+        g.manual_seed(self.seed + epoch)
+        return torch.randperm(total, generator=g).numpy()
+
+    def _items(self, order: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Rows ``(task, index, position)`` of the padded global order at ``positions`` (JMP's
+        DistributedSampler pads by repeating the start of the permutation)."""
+        flat = order[positions % len(order)]
+        starts = np.concatenate([[0], np.cumsum(self.epoch_sizes)]).astype(np.int64)
+        tasks = np.searchsorted(starts, flat, side="right") - 1
+        index = (flat - starts[tasks]) % np.asarray(self.sizes, dtype=np.int64)[tasks]
+        return np.stack([tasks, index, positions], axis=1)
+
     def epoch_items(self, epoch: int | None = None) -> np.ndarray:
         """The epoch's global order: (M, 3) int64 rows ``(task, index, position)``, padded to
-        a multiple of the number of processes (JMP's DistributedSampler repeats the start)."""
+        a multiple of the number of processes (JMP's DistributedSampler repeats the start).
+        Iteration computes these rows batch by batch instead of holding them all."""
         epoch = self.epoch if epoch is None else int(epoch)
-        tasks = np.concatenate([np.full(n, t, dtype=np.int64) for t, n in enumerate(self.epoch_sizes)])
-        index = np.concatenate([np.arange(n, dtype=np.int64) % s for n, s in zip(self.epoch_sizes, self.sizes)])
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + epoch)
-            order = torch.randperm(len(tasks), generator=g).numpy()
-        else:
-            order = np.arange(len(tasks))
-        padded = self.per_replica * self.num_replicas
-        order = np.resize(order, padded) if padded > len(order) else order
-        return np.stack([tasks[order], index[order], np.arange(padded)], axis=1)
+        return self._items(self._order(epoch), np.arange(self.per_replica * self.num_replicas, dtype=np.int64))
 
-    def _rank_batches(self, items: np.ndarray) -> list[np.ndarray]:
+    def _rank_batch(self, order: np.ndarray, b: int) -> np.ndarray:
         global_batch = self.batch_size * self.num_replicas
-        out = []
-        for b in range(len(self)):
-            chunk = items[b * global_batch:(b + 1) * global_batch]
-            if self.num_replicas == 1:
-                out.append(chunk)
-            elif self.natoms is not None:
-                sizes = np.array([self.natoms[t][i] for t, i, _ in chunk])
-                out.append(chunk[balanced_partition(sizes, self.num_replicas)[self.rank]])
-            else:  # DistributedSampler's strided share, then consecutive batches
-                out.append(chunk[self.rank::self.num_replicas])
-        return out
+        end = min((b + 1) * global_batch, self.per_replica * self.num_replicas)
+        chunk = self._items(order, np.arange(b * global_batch, end, dtype=np.int64))
+        if self.num_replicas == 1:
+            return chunk
+        if self.natoms is not None:
+            sizes = np.array([self.natoms[t][i] for t, i, _ in chunk])
+            return chunk[balanced_partition(sizes, self.num_replicas)[self.rank]]
+        return chunk[self.rank::self.num_replicas]  # DistributedSampler's strided share, then consecutive batches
 
     def __iter__(self):
         # Every pass is one epoch and the next pass is the next epoch: Lightning stops reading a
         # sized loader after len() batches, so the end of a pass cannot be relied upon.
         epoch, start = self.epoch, self.start_batch
         self._iter_epoch, self.epoch, self.start_batch = epoch, epoch + 1, 0
-        batches = self._rank_batches(self.epoch_items(epoch))
-        for b in range(start, len(batches)):
-            yield [(int(t), int(i), _item_seed(self.seed, epoch, int(p))) for t, i, p in batches[b]]
+        order = self._order(epoch)
+        for b in range(start, len(self)):
+            yield [(int(t), int(i), _item_seed(self.seed, epoch, int(p))) for t, i, p in self._rank_batch(order, b)]
 
 
 class ResumableDataLoader(torch.utils.data.DataLoader):

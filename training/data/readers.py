@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,44 +57,57 @@ def _parse_frame(text: str, path, index: int) -> Atoms:
 class LazyExtxyz(Sequence):
     """An extxyz file read one frame at a time: ``len()`` and ``[i]`` without loading the file.
 
-    The first use scans the file once for the byte offset of each frame (8 bytes per frame).
+    The first use scans the file once for the byte offset and atom count of each frame
+    (12 bytes per frame).
     """
 
     def __init__(self, path):
         self.path = str(path)
         self._offsets: np.ndarray | None = None
+        self._natoms: np.ndarray | None = None
 
     @property
     def offsets(self) -> np.ndarray:
         if self._offsets is None:
-            offsets, pos, line_no = [], 0, 0
-            with open(self.path, "rb") as f:
-                while True:
+            self._scan()
+        return self._offsets
+
+    def atom_counts(self) -> np.ndarray:
+        """Atoms of every frame (int32), read from the frame headers by the offset scan."""
+        if self._natoms is None:
+            self._scan()
+        return self._natoms
+
+    def _scan(self) -> None:
+        offsets, counts, pos, line_no = array("q"), array("i"), 0, 0  # 12 bytes per frame
+        with open(self.path, "rb") as f:
+            while True:
+                line = f.readline()
+                line_no += 1
+                if not line:
+                    break
+                if not line.strip():
+                    pos += len(line)
+                    continue
+                try:
+                    natoms = int(line.split()[0])
+                except ValueError:
+                    raise ValueError(
+                        f"{self.path}: line {line_no} should hold the atom count of structure "
+                        f"{len(offsets)}, found {line[:60]!r}"
+                    ) from None
+                offsets.append(pos)
+                counts.append(natoms)
+                pos += len(line)
+                for _ in range(natoms + 1):
                     line = f.readline()
                     line_no += 1
                     if not line:
-                        break
-                    if not line.strip():
-                        pos += len(line)
-                        continue
-                    try:
-                        natoms = int(line.split()[0])
-                    except ValueError:
-                        raise ValueError(
-                            f"{self.path}: line {line_no} should hold the atom count of structure "
-                            f"{len(offsets)}, found {line[:60]!r}"
-                        ) from None
-                    offsets.append(pos)
+                        raise ValueError(f"{self.path}: structure {len(offsets) - 1} is truncated")
                     pos += len(line)
-                    for _ in range(natoms + 1):
-                        line = f.readline()
-                        line_no += 1
-                        if not line:
-                            raise ValueError(f"{self.path}: structure {len(offsets) - 1} is truncated")
-                        pos += len(line)
-            offsets.append(pos)
-            self._offsets = np.asarray(offsets, dtype=np.int64)
-        return self._offsets
+        offsets.append(pos)
+        self._offsets = np.frombuffer(offsets, dtype=np.int64)
+        self._natoms = np.frombuffer(counts, dtype=np.int32)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -182,6 +196,17 @@ class LMDBStructures(Sequence):
             raise ValueError(f"{self.path}: structure {i} is missing")
         return _parse_frame(raw.decode(), self.path, i)
 
+    def atom_counts(self) -> np.ndarray:
+        """Atoms of every structure (int32), from the first line of each stored frame (no parsing)."""
+        out = np.empty(self._len, dtype=np.int32)
+        with self._env().begin() as txn:
+            for i in range(self._len):
+                raw = txn.get(str(i).encode())
+                if raw is None:
+                    raise ValueError(f"{self.path}: structure {i} is missing")
+                out[i] = int(raw[:raw.index(b"\n")].split()[0]) if b"\n" in raw else int(raw.split()[0])
+        return out
+
     def location(self, i: int) -> tuple[str, int]:
         return self.path, int(i)
 
@@ -257,3 +282,56 @@ class ConcatStructures(Sequence):
     def location(self, i: int) -> tuple[str, int]:
         k, j = self._find(i)
         return self.names[k], j
+
+    def atom_counts(self) -> np.ndarray:
+        parts = [atom_counts(s) for s in self.sources]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def atom_counts(structures: Sequence[Atoms]) -> np.ndarray:
+    """Atoms of every structure of a sequence (int32): from the source's own ``atom_counts()``
+    where it has one (lazy readers: no parsing), else by reading each structure once."""
+    counts = getattr(structures, "atom_counts", None)
+    if counts is not None:
+        return np.asarray(counts(), dtype=np.int32)
+    return np.fromiter((len(structures[i]) for i in range(len(structures))), dtype=np.int32,
+                       count=len(structures))
+
+
+class SelectedStructures(Sequence):
+    """A view of the structures ``indices`` (a ``range`` or an integer array) of a source,
+    keeping each one's own file and index (``location``): nothing is read until accessed."""
+
+    def __init__(self, source: Sequence[Atoms], indices):
+        self.source = source
+        self.indices = indices if isinstance(indices, range) else np.asarray(indices, dtype=np.int64).reshape(-1)
+
+    @classmethod
+    def of(cls, source: Sequence[Atoms], index=":") -> "SelectedStructures":
+        """The structures of ``source`` picked by an ASE-style index (int, slice or ``":100"``, ``"::2"``)."""
+        if isinstance(index, str):
+            index = ase.io.formats.string2index(index)
+        if isinstance(index, (int, np.integer)):
+            return cls(source, _indices(len(source), index))
+        return cls(source, range(len(source))[index])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(len(self))[i]]
+        return self.source[int(self.indices[i])]
+
+    def location(self, i: int) -> tuple:
+        j = int(self.indices[i])
+        if hasattr(self.source, "location"):
+            return tuple(self.source.location(j))
+        return ("<memory>", j)
+
+    def atom_counts(self) -> np.ndarray:
+        if isinstance(self.indices, range) and self.indices == range(len(self.source)):
+            return atom_counts(self.source)
+        if hasattr(self.source, "atom_counts"):
+            return atom_counts(self.source)[np.asarray(self.indices, dtype=np.int64)]
+        return np.fromiter((len(self[k]) for k in range(len(self))), dtype=np.int32, count=len(self))
