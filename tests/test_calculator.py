@@ -26,9 +26,9 @@ class CountingCalculator(JMPCalculator):
 
     passes = 0
 
-    def _predict_chunk(self, atoms_list):
+    def _predict_chunk(self, atoms_list, **options):
         self.passes += 1
-        return super()._predict_chunk(atoms_list)
+        return super()._predict_chunk(atoms_list, **options)
 
 
 def slab():
