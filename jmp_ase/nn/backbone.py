@@ -228,7 +228,8 @@ class GemNetOCBackbone(nn.Module):
         if mode == "auto":
             slots = idx.main_edge_index.shape[1] * idx.padded_width.quad
             mode = "lean" if slots > AUTO_LEAN_SLOTS else "fast"
-        observing = any(isinstance(mod, ScaleFactor) and mod.observer is not None for mod in self.modules())
+        observing = ScaleFactor.observing > 0 and any(
+            isinstance(mod, ScaleFactor) and mod.observer is not None for mod in self.modules())
         if observing:
             mode = "fast"  # fitting scale factors observes whole tensors
         if num_atoms is not None and reference is not None:

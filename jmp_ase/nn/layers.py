@@ -94,13 +94,32 @@ class ScaleFactor(nn.Module):
 
     The forward pass picks the factor with tensor math (``torch.where``), never with a
     Python ``if`` on its value, so it does not wait for the device; ``x * 1`` is
-    exactly ``x``, so an unfitted layer still returns its input bit for bit.
+    exactly ``x``, so an unfitted layer still returns its input bit for bit. The picked factor
+    is kept until the buffer changes (in place, or replaced), so a pass costs one multiply.
     """
+
+    #: Number of ScaleFactor layers (in any model) whose observer is set; while 0, a forward pass
+    #: need not look for observers (a layer collected while observing leaves it high: only slower).
+    observing = 0
 
     def __init__(self):
         super().__init__()
         self.register_buffer("scale_factor", torch.tensor(0.0))
         self.observer = None  # set while fitting: callable(x, ref)
+
+    @property
+    def observer(self):
+        return self.__dict__.get("_observer")
+
+    @observer.setter
+    def observer(self, fn):
+        ScaleFactor.observing += (fn is not None) - (self.__dict__.get("_observer") is not None)
+        self.__dict__["_observer"] = fn
+
+    def __setstate__(self, state):  # a copy (deepcopy, pickle) of an observing layer observes too
+        super().__setstate__(state)
+        if self.__dict__.get("_observer") is not None:
+            ScaleFactor.observing += 1
 
     @property
     def fitted(self) -> bool:
@@ -109,8 +128,19 @@ class ScaleFactor(nn.Module):
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         if self.observer is not None:
             self.observer(x, ref)
+        return x * self._factor()
+
+    def _factor(self) -> torch.Tensor:
+        """The factor to multiply by (1 while unfitted), as a tensor; computed once per value of
+        the buffer (kept while the buffer is the same tensor, unmodified, in the same mode)."""
         factor = self.scale_factor
-        return x * torch.where(factor != 0.0, factor, torch.ones_like(factor))
+        key = (factor._version, factor.data_ptr(), torch.is_inference_mode_enabled())
+        cached = self.__dict__.get("_cached_factor")
+        if cached is not None and cached[0] is factor and cached[1] == key:
+            return cached[2]
+        effective = torch.where(factor != 0.0, factor, torch.ones_like(factor))
+        self.__dict__["_cached_factor"] = (factor, key, effective)
+        return effective
 
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
