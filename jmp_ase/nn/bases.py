@@ -21,6 +21,7 @@ from jmp_ase.nn.layers import (
     padded_slots,
     recompute,
     rows_per_chunk,
+    scalar,
     with_sentinel,
 )
 
@@ -84,7 +85,9 @@ def legendre_basis(cos_angle: torch.Tensor, num_spherical: int, scale_sq: torch.
         polys.append(cos_angle)
     for l in range(2, num_spherical):
         previous = polys[l - 2] if scale_sq is None else scale_sq * polys[l - 2]
-        polys.append(((2 * l - 1) * cos_angle * polys[l - 1] - (l - 1) * previous) / l)
+        # ((2l - 1) x P_{l-1} - (l - 1) P_{l-2}) / l, the constants as 0-d tensors (same numbers)
+        polys.append((cos_angle * scalar(2 * l - 1, cos_angle) * polys[l - 1]
+                      - previous * scalar(l - 1, cos_angle)) / scalar(l, cos_angle))
     norms = [math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(num_spherical)]
     return torch.stack(polys, dim=1) * cos_angle.new_tensor(norms)
 

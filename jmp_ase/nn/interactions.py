@@ -21,17 +21,24 @@ from jmp_ase.nn.layers import (
     recompute,
     rows_per_chunk,
     padded_slots,
+    scalar,
     scatter_sum,
     with_sentinel,
     with_zero_row,
 )
 
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_3 = 1.0 / math.sqrt(3.0)
+
+
+def _scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x * factor`` (same numbers) without converting the Python number each time."""
+    return x * scalar(factor, x)
 
 
 def _symmetric_output(module: nn.Module, x: torch.Tensor, id_swap: torch.Tensor) -> torch.Tensor:
     """Message to c->a plus the message meant for a->c, swapped onto its reverse edge."""
-    return (module.up_projection_ca(x) + module.up_projection_ac(x)[id_swap]) * INV_SQRT_2
+    return _scaled(module.up_projection_ca(x) + module.up_projection_ac(x)[id_swap], INV_SQRT_2)
 
 
 class TripletInteraction(nn.Module):
@@ -92,7 +99,7 @@ class TripletInteraction(nn.Module):
     def output_rows(self, x, id_swap_rows, start: int, stop: int):
         """Rows ``start:stop`` of the symmetric output of the aggregated ``x`` (all rows);
         ``id_swap_rows`` = ``id_swap[start:stop]``."""
-        return (self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows])) * INV_SQRT_2
+        return _scaled(self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows]), INV_SQRT_2)
 
 
 class QuadrupletInteraction(nn.Module):
@@ -140,7 +147,7 @@ class QuadrupletInteraction(nn.Module):
         return self.scale_sbf_sum(self._chunked(bases.sph, x_db), ref=None)
 
     def output_rows(self, x, id_swap_rows, start: int, stop: int):
-        return (self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows])) * INV_SQRT_2
+        return _scaled(self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows]), INV_SQRT_2)
 
     def _chunked(self, sph_chunks, x_db):
         """Per-quadruplet part, ``sph_chunks.rows_per_chunk`` target edges at a time: the basis and the
@@ -256,7 +263,7 @@ class OutputBlock(AtomUpdateBlock):
             x_e = x_e / (1 - self.edge_dropout)
         x_e = _run(self.seq_energy_pre, self.scale_sum(x_e, ref=m))
         if self.seq_energy2 is not None:
-            x_e = _run(self.seq_energy2, (x_e + h) * INV_SQRT_2)
+            x_e = _run(self.seq_energy2, _scaled(x_e + h, INV_SQRT_2))
         if not with_forces:
             return x_e, None
         x_f = _run(self.seq_forces, m)
@@ -273,7 +280,7 @@ class OutputBlock(AtomUpdateBlock):
             x_e = x_e / (1 - self.edge_dropout)
         x_e = _run(self.seq_energy_pre, self.scale_sum(x_e, ref=None))
         if self.seq_energy2 is not None:
-            x_e = _run(self.seq_energy2, (x_e + h) * INV_SQRT_2)
+            x_e = _run(self.seq_energy2, _scaled(x_e + h, INV_SQRT_2))
         if not with_forces:
             return x_e, None
 
@@ -349,14 +356,14 @@ class InteractionBlock(nn.Module):
         h_a2a = self.atom_interaction(
             h, bases.a2a_rad, idx.a2a_edge_index, idx.a2a_target_inner, width.a2a, chunk_size=chunk_size
         )
-        x = (x_skip + x_e2e + x_qint + x_a2e) * (1.0 / math.sqrt(4.0))
-        h = (h + h_e2a + h_a2a) * (1.0 / math.sqrt(3.0))
+        x = _scaled(x_skip + x_e2e + x_qint + x_a2e, 0.5)
+        h = _scaled(h + h_e2a + h_a2a, INV_SQRT_3)
         x = _run(self.layers_before_skip, x)
-        m = _run(self.layers_after_skip, (m + x) * INV_SQRT_2)
+        m = _run(self.layers_after_skip, _scaled(m + x, INV_SQRT_2))
         h = _run(self.atom_emb_layers, h)
-        h = (h + self.atom_update(h, m, bases.atom_update, idx.main_edge_index[1])) * INV_SQRT_2
+        h = _scaled(h + self.atom_update(h, m, bases.atom_update, idx.main_edge_index[1]), INV_SQRT_2)
         m2 = _run(self.residual_m, self.concat_layer(h, m, idx.main_edge_index))
-        return h, (m + m2) * INV_SQRT_2
+        return h, _scaled(m + m2, INV_SQRT_2)
 
     def forward_lean(self, h, m, bases: BasisSet, idx: InteractionIndices, chunk_size: int):
         """:meth:`forward` (same numbers) for lean mode: the per-edge MLPs run over chunks of
@@ -394,27 +401,27 @@ class InteractionBlock(nn.Module):
             swap = id_swap[start:stop]
             x = (self.dense_ca(m_c) + trip.output_rows(x_e2e, swap, start, stop)
                  + quad.output_rows(x_qint, swap, start, stop)
-                 + a2e.output_rows(x_a2e, swap, start, stop)) * (1.0 / math.sqrt(4.0))
+                 + a2e.output_rows(x_a2e, swap, start, stop)) * scalar(0.5, m_c)
             x = _run(self.layers_before_skip, x)
-            return _run(self.layers_after_skip, (m_c + x) * INV_SQRT_2)
+            return _run(self.layers_after_skip, _scaled(m_c + x, INV_SQRT_2))
 
         m = _cat([recompute(edge_update, a, b, m[a:b], x_e2e, x_qint, x_a2e) for a, b in bounds],
                  lambda: edge_update(0, num_edges, m, x_e2e, x_qint, x_a2e))
 
-        h = (h + h_e2a + h_a2a) * (1.0 / math.sqrt(3.0))
+        h = _scaled(h + h_e2a + h_a2a, INV_SQRT_3)
         h = _run(self.atom_emb_layers, h)
         update = self.atom_update
         basis = bases.atom_update
         weighted = _cat([recompute(_weighted_rows, update.dense_rbf, m[a:b], basis[a:b]) for a, b in bounds],
                         lambda: m * update.dense_rbf(basis))
         x = scatter_sum(weighted, idx.main_edge_index[1], num_atoms)
-        h = (h + _run(update.layers, update.scale_sum(x, ref=None))) * INV_SQRT_2
+        h = _scaled(h + _run(update.layers, update.scale_sum(x, ref=None)), INV_SQRT_2)
 
         edge_index = idx.main_edge_index
 
         def edge_final(m_c, edge_index_c, h):
             m2 = _run(self.residual_m, self.concat_layer(h, m_c, edge_index_c))
-            return (m_c + m2) * INV_SQRT_2
+            return _scaled(m_c + m2, INV_SQRT_2)
 
         m = _cat([recompute(edge_final, m[a:b], edge_index[:, a:b], h) for a, b in bounds],
                  lambda: edge_final(m, edge_index, h))

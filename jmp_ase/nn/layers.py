@@ -12,13 +12,30 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+_SCALARS: dict = {}
+
+
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as a 0-d tensor of ``like``'s dtype and device, made once and kept.
+
+    ``x * scalar(c, x)`` is ``x * c`` bit for bit, without the conversion of the Python number
+    that every ``x * c`` repeats (three extra operations per multiply, forward and backward).
+    """
+    key = (value, like.dtype, like.device)
+    tensor = _SCALARS.get(key)
+    if tensor is None:
+        with torch.inference_mode(False):  # a normal tensor, usable wherever autograd records
+            tensor = _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return tensor
+
+
 class ScaledSiLU(nn.Module):
     """SiLU scaled by 1/0.6 so that a unit-variance input keeps roughly unit variance."""
 
     scale = 1.0 / 0.6
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.silu(x) * self.scale
+        return nn.functional.silu(x) * scalar(self.scale, x)
 
 
 def make_activation(name: str | None) -> nn.Module:
@@ -83,7 +100,7 @@ class ResidualLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x + self.dense_mlp(x)) * (1.0 / math.sqrt(2.0))
+        return (x + self.dense_mlp(x)) * scalar(1.0 / math.sqrt(2.0), x)
 
 
 class ScaleFactor(nn.Module):
@@ -202,10 +219,11 @@ def basis_messages(sph: torch.Tensor, x_padded: torch.Tensor) -> torch.Tensor:
     kernels of a batched product are slow with a narrow output (C columns) and fast with
     narrow rows (one thread, forward + backward of this product alone: 2.4x faster at S=49,
     C=8; at S=49, C=32 (JMP-S) no clear gain in the whole model; S=7, C=64 is 2.4x slower
-    transposed). Same sums, in another order (round-off only).
+    transposed). Same sums, in another order (round-off only). The transposed result is returned
+    as a view (not contiguous): the next product reads it as it is, no copy either way.
     """
     if sph.shape[1] > 2 * x_padded.shape[2]:
-        return (x_padded.transpose(1, 2) @ sph.transpose(1, 2)).transpose(1, 2).contiguous()
+        return (x_padded.transpose(1, 2) @ sph.transpose(1, 2)).transpose(1, 2)
     return sph @ x_padded
 
 
