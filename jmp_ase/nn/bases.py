@@ -246,8 +246,9 @@ def _refresh_radial_twins(module: "Bases", incompatible_keys) -> None:
 class InteractionBasis(NamedTuple):
     """The bases one interaction reads: ``rad`` (E, emb_size_rbf) radial weights per edge;
     ``cir`` the circular (triplet) part, in the layout its interaction contracts (padded
-    (radial weights, basis) pair, or per triplet); ``sph`` the quadruplet basis: a padded pair,
-    or in lean mode a :class:`QuadrupletBasisChunks` evaluated per chunk of edges."""
+    (radial weights, basis) pair, or per triplet); ``sph`` the quadruplet basis: padded (radial
+    weights, basis, input triplet of each padded slot), or in lean mode a
+    :class:`QuadrupletBasisChunks` evaluated per chunk of edges."""
 
     rad: torch.Tensor
     cir: Any
@@ -350,18 +351,19 @@ class Bases(nn.Module):
         c-a-b-d (see :class:`SphericalBasisLayer`).
         """
         cos_cab, cos_abd, normal_cab, normal_abd = Bases.triplet_angles(v_main, v_qint, quad)
-        return cos_cab, cos_abd, normal_cab[quad.trip_out_to_quad], normal_abd[quad.trip_in_to_quad]
+        return (cos_cab, cos_abd, normal_cab.index_select(0, quad.trip_out_to_quad),
+                normal_abd.index_select(0, quad.trip_in_to_quad))
 
     @staticmethod
     def triplet_angles(v_main: torch.Tensor, v_qint: torch.Tensor, quad: dict):
         """As :meth:`quadruplet_angles`, with both normals per triplet (triplet_out, triplet_in)."""
-        v_ba_in = v_qint[quad.triplet_in.out]
-        v_db = v_main[quad.triplet_in.in_]
+        v_ba_in = v_qint.index_select(0, quad.triplet_in.out)
+        v_db = v_main.index_select(0, quad.triplet_in.in_)
         cos_abd = cos_between(v_ba_in, v_db)
         normal_abd = torch.linalg.cross(v_db, v_ba_in)
 
-        v_ca = v_main[quad.triplet_out.out]
-        v_ba_out = v_qint[quad.triplet_out.in_]
+        v_ca = v_main.index_select(0, quad.triplet_out.out)
+        v_ba_out = v_qint.index_select(0, quad.triplet_out.in_)
         cos_cab = cos_between(v_ca, v_ba_out)
         normal_cab = torch.linalg.cross(v_ca, v_ba_out)
         return cos_cab, cos_abd, normal_cab, normal_abd
@@ -409,9 +411,9 @@ class Bases(nn.Module):
             return shared if self._radial_twin[name] else getattr(self, name).radial_basis(distance)
 
         rad_cir_e2e = radial("cbf_basis_tint", rad_main, main["distance"])
-        cos_e2e = cos_between(main["vector"][trip.out], main["vector"][trip.in_])
-        cos_a2e = cos_between(main["vector"][t_a2e.out], aea["vector"][t_a2e.in_])
-        cos_e2a = cos_between(aea["vector"][t_e2a.out], main["vector"][t_e2a.in_])
+        cos_e2e = cos_between(main["vector"].index_select(0, trip.out), main["vector"].index_select(0, trip.in_))
+        cos_a2e = cos_between(main["vector"].index_select(0, t_a2e.out), aea["vector"].index_select(0, t_a2e.in_))
+        cos_e2a = cos_between(aea["vector"].index_select(0, t_e2a.out), main["vector"].index_select(0, t_e2a.in_))
         width = idx.padded_width
         lean = chunk_size is not None
         cos_cab_q, cos_abd, normal_cab, normal_abd = (self.triplet_angles if lean else self.quadruplet_angles)(
@@ -422,9 +424,14 @@ class Bases(nn.Module):
         cir_e2e, cir_a2e, cir_e2a, cir_qint = legendre[:4]
         if not lean:
             rad_sph_qint = radial("sbf_basis_qint", rad_main, main["distance"])
-            sph_qint = self.sbf_basis_qint.angular(None, normal_cab, normal_abd, first=legendre[4][quad.trip_out_to_quad])
+            sph_qint = self.sbf_basis_qint.angular(None, normal_cab, normal_abd,
+                                                   first=legendre[4].index_select(0, quad.trip_out_to_quad))
             sph_qint = self.mlp_sbf_qint.forward_padded(rad_sph_qint, sph_qint, quad.out, quad.out_agg,
                                                         width.quad)
+            # Per padded quadruplet slot, its input triplet (T_in for padding): the interaction blocks
+            # gather their messages straight into the padded layout.
+            slots = padded_slots(quad.out, quad.out_agg, rad_sph_qint.shape[0], width.quad)
+            sph_qint = sph_qint + (with_sentinel(quad.trip_in_to_quad, quad.triplet_in.in_.shape[0])[slots],)
         else:
             sph_qint = QuadrupletBasisChunks(
                 self.sbf_basis_qint, self.mlp_sbf_qint, radial("sbf_basis_qint", rad_main, main["distance"]),

@@ -38,7 +38,7 @@ def _scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 def _symmetric_output(module: nn.Module, x: torch.Tensor, id_swap: torch.Tensor) -> torch.Tensor:
     """Message to c->a plus the message meant for a->c, swapped onto its reverse edge."""
-    return _scaled(module.up_projection_ca(x) + module.up_projection_ac(x)[id_swap], INV_SQRT_2)
+    return _scaled(module.up_projection_ca(x) + module.up_projection_ac(x).index_select(0, id_swap), INV_SQRT_2)
 
 
 class TripletInteraction(nn.Module):
@@ -65,10 +65,10 @@ class TripletInteraction(nn.Module):
         (see :meth:`EfficientInteractionBilinear.forward_chunked`); None: all at once."""
         x_ba = self.dense_ba(m)
         if expand_idx is not None:
-            x_ba = x_ba[expand_idx]
+            x_ba = x_ba.index_select(0, expand_idx)
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases.rad), ref=x_ba)
         if chunk_size is None:
-            x_ba = self.down_projection(x_ba)[idx.in_]
+            x_ba = self.down_projection(x_ba).index_select(0, idx.in_)
             x = self.mlp_cbf(bases.cir, x_ba, idx.out, idx.out_agg, idx_agg2, idx_agg2_inner, agg2_out_size,
                              agg2_width)
         else:
@@ -79,7 +79,7 @@ class TripletInteraction(nn.Module):
         if self.symmetric_mp:
             return _symmetric_output(self, x, id_swap)
         if self.swap_output:
-            x = x[id_swap]
+            x = x.index_select(0, id_swap)
         return self.up_projection_ca(x)
 
 
@@ -120,15 +120,20 @@ class QuadrupletInteraction(nn.Module):
         self.up_projection_ac = Dense(emb_size_quad_out, emb_size_edge, activation=activation, dropout=dropout)
 
     def forward(self, m, bases, quad, id_swap):
-        """``bases.sph`` is the padded pair (radial weights, spherical basis), or, in lean mode,
-        a :class:`jmp_ase.nn.bases.QuadrupletBasisChunks` that evaluates it per chunk of edges."""
+        """``bases.sph`` is the padded (radial weights, spherical basis, input triplet per padded
+        slot), or, in lean mode, a :class:`jmp_ase.nn.bases.QuadrupletBasisChunks` that evaluates
+        it per chunk of edges."""
         x_db = self.dense_db(m)
         x_db = self.scale_rbf(x_db * self.mlp_rbf(bases.rad), ref=x_db)
-        x_db = self.down_projection(x_db)[quad.triplet_in.in_]
+        x_db = self.down_projection(x_db).index_select(0, quad.triplet_in.in_)
         x_db = self.scale_cbf(x_db * self.mlp_cbf(bases.cir), ref=x_db)
         if isinstance(bases.sph, tuple):
-            x_db = x_db[quad.trip_in_to_quad]
-            x = self.mlp_sbf(bases.sph, x_db, quad.out, quad.out_agg)
+            rad_w, sph, slots = bases.sph
+            # Messages per padded quadruplet slot, gathered in one step (zero row for padding).
+            x_pad = with_zero_row(x_db).index_select(0, slots.reshape(-1)).view(slots.shape + x_db.shape[1:])
+            x = self.mlp_sbf.finish(rad_w, basis_messages(sph, x_pad))
+            if self.scale_sbf_sum.observer is not None:  # fitting: it observes the per-quadruplet messages
+                x_db = x_db[quad.trip_in_to_quad]
         else:
             x = self._chunked(bases.sph, x_db)
         x = self.scale_sbf_sum(x, ref=x_db)
@@ -180,7 +185,7 @@ class PairInteraction(nn.Module):
         num_atoms = h.shape[0]
         if chunk_size is not None:
             return self._chunked(h, rad_basis, edge_index, target_inner, width, chunk_size)
-        x_ba = self.down_projection(h)[edge_index[0]]
+        x_ba = self.down_projection(h).index_select(0, edge_index[0])
         padded = pad_rows(x_ba, edge_index[1], target_inner, num_atoms, width)
         out = self.bilinear((rad_basis @ padded).reshape(num_atoms, -1))
         out = self.scale_rbf_sum(out, ref=x_ba)

@@ -246,7 +246,7 @@ class EdgeEmbedding(nn.Module):
 
     def forward(self, h: torch.Tensor, m: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """h (n_atoms, F_a), m (n_edges, F_e), edge_index (2, n_edges) -> (n_edges, out)."""
-        return self.dense(torch.cat([h[edge_index[0]], h[edge_index[1]], m], dim=-1))
+        return self.dense(torch.cat([h.index_select(0, edge_index[0]), h.index_select(0, edge_index[1]), m], dim=-1))
 
 
 class BasisEmbedding(nn.Module):
@@ -272,7 +272,7 @@ class BasisEmbedding(nn.Module):
 
     def forward_gathered(self, rad_basis, sph_basis, idx_outer):
         """Per-triplet contraction: (n_trip, emb) = W(rad)[idx_outer] @ sph (n_trip, num_sph)."""
-        rad_w = self.radial(rad_basis, sph_basis.shape[-1])[idx_outer]
+        rad_w = self.radial(rad_basis, sph_basis.shape[-1]).index_select(0, idx_outer)
         return (rad_w @ sph_basis[:, :, None]).squeeze(-1)
 
     def forward_padded(self, rad_basis, sph_basis, idx_sph_outer, idx_sph_inner, width: int):
