@@ -246,9 +246,9 @@ def _refresh_radial_twins(module: "Bases", incompatible_keys) -> None:
 class InteractionBasis(NamedTuple):
     """The bases one interaction reads: ``rad`` (E, emb_size_rbf) radial weights per edge;
     ``cir`` the circular (triplet) part, in the layout its interaction contracts (padded
-    (radial weights, basis) pair, or per triplet); ``sph`` the quadruplet basis: padded (radial
-    weights, basis, input triplet of each padded slot), or in lean mode a
-    :class:`QuadrupletBasisChunks` evaluated per chunk of edges."""
+    (radial weights, basis) pair, or per triplet); ``sph`` the quadruplet basis: (radial weights
+    times padded basis (E, emb_size_sbf, Kmax), input triplet of each padded slot (E, Kmax)), or
+    in lean mode a :class:`QuadrupletBasisChunks` evaluated per chunk of edges."""
 
     rad: torch.Tensor
     cir: Any
@@ -426,12 +426,15 @@ class Bases(nn.Module):
             rad_sph_qint = radial("sbf_basis_qint", rad_main, main["distance"])
             sph_qint = self.sbf_basis_qint.angular(None, normal_cab, normal_abd,
                                                    first=legendre[4].index_select(0, quad.trip_out_to_quad))
-            sph_qint = self.mlp_sbf_qint.forward_padded(rad_sph_qint, sph_qint, quad.out, quad.out_agg,
-                                                        width.quad)
-            # Per padded quadruplet slot, its input triplet (T_in for padding): the interaction blocks
-            # gather their messages straight into the padded layout.
+            rad_w, sph = self.mlp_sbf_qint.forward_padded(rad_sph_qint, sph_qint, quad.out, quad.out_agg,
+                                                          width.quad)
+            # Radial weights times basis, (E, emb_size_sbf, Kmax): the same for every block, so taken
+            # once per pass (each block then contracts it with its messages, Kmax x emb_size_quad_in
+            # per edge, instead of the basis with them, S² x Kmax). Per padded quadruplet slot, its
+            # input triplet (T_in for padding): the blocks gather their messages straight into the
+            # padded layout.
             slots = padded_slots(quad.out, quad.out_agg, rad_sph_qint.shape[0], width.quad)
-            sph_qint = sph_qint + (with_sentinel(quad.trip_in_to_quad, quad.triplet_in.in_.shape[0])[slots],)
+            sph_qint = (rad_w @ sph, with_sentinel(quad.trip_in_to_quad, quad.triplet_in.in_.shape[0])[slots])
         else:
             sph_qint = QuadrupletBasisChunks(
                 self.sbf_basis_qint, self.mlp_sbf_qint, radial("sbf_basis_qint", rad_main, main["distance"]),

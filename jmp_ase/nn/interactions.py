@@ -120,7 +120,7 @@ class QuadrupletInteraction(nn.Module):
         self.up_projection_ac = Dense(emb_size_quad_out, emb_size_edge, activation=activation, dropout=dropout)
 
     def forward(self, m, bases, quad, id_swap):
-        """``bases.sph`` is the padded (radial weights, spherical basis, input triplet per padded
+        """``bases.sph`` is (radial weights times padded spherical basis, input triplet per padded
         slot), or, in lean mode, a :class:`jmp_ase.nn.bases.QuadrupletBasisChunks` that evaluates
         it per chunk of edges."""
         x_db = self.dense_db(m)
@@ -128,10 +128,11 @@ class QuadrupletInteraction(nn.Module):
         x_db = self.down_projection(x_db).index_select(0, quad.triplet_in.in_)
         x_db = self.scale_cbf(x_db * self.mlp_cbf(bases.cir), ref=x_db)
         if isinstance(bases.sph, tuple):
-            rad_w, sph, slots = bases.sph
+            weighted_basis, slots = bases.sph
             # Messages per padded quadruplet slot, gathered in one step (zero row for padding).
             x_pad = with_zero_row(x_db).index_select(0, slots.reshape(-1)).view(slots.shape + x_db.shape[1:])
-            x = self.mlp_sbf.finish(rad_w, basis_messages(sph, x_pad))
+            x = weighted_basis @ x_pad  # (E, emb_size_sbf, emb_size_quad_in): rad_w @ (sph @ x), reassociated
+            x = self.mlp_sbf.bilinear(x.reshape(x.shape[0], -1))
             if self.scale_sbf_sum.observer is not None:  # fitting: it observes the per-quadruplet messages
                 x_db = x_db[quad.trip_in_to_quad]
         else:
