@@ -246,8 +246,8 @@ def _refresh_radial_twins(module: "Bases", incompatible_keys) -> None:
 class InteractionBasis(NamedTuple):
     """The bases one interaction reads: ``rad`` (E, emb_size_rbf) radial weights per edge;
     ``cir`` the circular (triplet) part, in the layout its interaction contracts (padded
-    (radial weights, basis) pair, or per triplet); ``sph`` the quadruplet basis: (radial weights
-    times padded basis (E, emb_size_sbf, Kmax), input triplet of each padded slot (E, Kmax)), or
+    (radial weights, basis) pair, or per triplet); ``sph`` the quadruplet basis: (padded basis
+    times radial weights (E, Kmax, emb_size_sbf), input triplet of each padded slot (E, Kmax)), or
     in lean mode a :class:`QuadrupletBasisChunks` evaluated per chunk of edges."""
 
     rad: torch.Tensor
@@ -428,13 +428,16 @@ class Bases(nn.Module):
                                                    first=legendre[4].index_select(0, quad.trip_out_to_quad))
             rad_w, sph = self.mlp_sbf_qint.forward_padded(rad_sph_qint, sph_qint, quad.out, quad.out_agg,
                                                           width.quad)
-            # Radial weights times basis, (E, emb_size_sbf, Kmax): the same for every block, so taken
+            # Radial weights times basis (rad_w @ sph): the same for every block, so taken
             # once per pass (each block then contracts it with its messages, Kmax x emb_size_quad_in
             # per edge, instead of the basis with them, S² x Kmax). Per padded quadruplet slot, its
             # input triplet (T_in for padding): the blocks gather their messages straight into the
             # padded layout.
             slots = padded_slots(quad.out, quad.out_agg, rad_sph_qint.shape[0], width.quad)
-            sph_qint = (rad_w @ sph, with_sentinel(quad.trip_in_to_quad, quad.triplet_in.in_.shape[0])[slots])
+            # Kept transposed, (E, Kmax, emb_size_sbf) = padded basis (E, Kmax, S²) @ rad_w^T: the
+            # basis gradient then comes out in the padded layout's own order (no copy).
+            weighted = sph.transpose(1, 2) @ rad_w.transpose(1, 2)
+            sph_qint = (weighted, with_sentinel(quad.trip_in_to_quad, quad.triplet_in.in_.shape[0])[slots])
         else:
             sph_qint = QuadrupletBasisChunks(
                 self.sbf_basis_qint, self.mlp_sbf_qint, radial("sbf_basis_qint", rad_main, main["distance"]),
