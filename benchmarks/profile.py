@@ -14,6 +14,12 @@ Cases:
 Prints the machine line of ``backbone_speed.py``, the median step time over ``--repeats``
 calls after ``--warmup``, then a torch.profiler table (forward and backward ops together)
 sorted by self CPU time, top ``--rows``.
+
+``--compare-with DIR`` (a checkout of other jmp-ase code, e.g. ``git worktree add ../old main``)
+instead times each case in lockstep: two worker processes, DIR's code ("before") and this
+one's ("after"), one step each in turn (the order alternating), ``--repeats`` steps each after
+``--warmup``; it prints the medians of wall and process CPU time and the median over pairs of
+before/after. On a shared machine this is the comparison to trust: both sides see the same load.
 """
 from __future__ import annotations
 
@@ -104,6 +110,63 @@ def median_ms(fn, warmup: int, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def worker(name: str, warmup: int) -> None:
+    """Lockstep side: one step per line read from stdin, its wall and CPU ms written as JSON."""
+    import json
+
+    import jmp_ase
+
+    step = make_case(name)
+    for _ in range(max(1, warmup)):
+        step()
+    print(json.dumps({"ready": jmp_ase.__file__}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        wall, cpu = time.perf_counter(), time.process_time()
+        step()
+        print(json.dumps({"wall": 1000 * (time.perf_counter() - wall), "cpu": 1000 * (time.process_time() - cpu)}),
+              flush=True)
+
+
+def compare(name: str, other: Path, args) -> None:
+    """Time case ``name`` with ``other``'s code and with this checkout's, in lockstep."""
+    import json
+    import os
+    import subprocess
+
+    here = Path(__file__).resolve().parent.parent
+    sides = {"before": Path(other).resolve(), "after": here}
+    procs = {}
+    for side, root in sides.items():
+        env = dict(os.environ, PYTHONPATH=str(root))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--threads", str(args.threads),
+               "--warmup", str(args.warmup)]
+        procs[side] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                       cwd=str(root))
+    for side, proc in procs.items():
+        ready = json.loads(proc.stdout.readline())["ready"]
+        print(f"# {side}: {ready}")
+    times = {side: [] for side in procs}
+    for k in range(args.repeats):
+        for side in (("before", "after") if k % 2 == 0 else ("after", "before")):
+            procs[side].stdin.write("step\n")
+            procs[side].stdin.flush()
+            times[side].append(json.loads(procs[side].stdout.readline()))
+    for proc in procs.values():
+        proc.communicate("stop\n")
+
+    def med(side, key):
+        return statistics.median(t[key] for t in times[side])
+
+    def paired(key):
+        return statistics.median(b[key] / a[key] for b, a in zip(times["before"], times["after"]))
+
+    print(f"{name:24s} wall: before {med('before', 'wall'):8.1f} ms  after {med('after', 'wall'):8.1f} ms  "
+          f"(paired {paired('wall'):.2f}x);  process CPU: before {med('before', 'cpu'):8.1f} ms  after "
+          f"{med('after', 'cpu'):8.1f} ms  (paired {paired('cpu'):.2f}x)  n={args.repeats}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default="aspirin-md,jmps-108-conservative")
@@ -112,9 +175,19 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--rows", type=int, default=15)
     p.add_argument("--no-profile", action="store_true", help="median step time only")
+    p.add_argument("--compare-with", type=Path, metavar="DIR",
+                   help="time each case against the jmp-ase code in DIR, in lockstep (no profile)")
+    p.add_argument("--worker", metavar="CASE", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.worker:
+        return worker(args.worker, args.warmup)
     print(f"# machine: {machine()}")
+    if args.compare_with is not None:
+        for name in args.cases.split(","):
+            compare(name, args.compare_with, args)
+        print(f"# end: {machine().rsplit('; ', 1)[-1]}")
+        return
     for name in args.cases.split(","):
         step = make_case(name)
         ms = median_ms(step, args.warmup, args.repeats)

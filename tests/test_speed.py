@@ -1,7 +1,10 @@
 """The per-step speed-ups keep the numbers: the transposed basis contraction, the interaction
-index cache of the calculator, and the memory check that refuses a pass that cannot fit
+index cache of the calculator, the kept scale factors and constants, the shared radial basis, and
+the memory check that refuses a pass that cannot fit
 (MemoryError naming the atom count and lean mode, instead of the kernel killing the process)."""
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ from ase.build import bulk
 from jmp_ase.calculators.calculator import JMPCalculator
 from jmp_ase.data.batch import IndexCache, batch_from_atoms
 from jmp_ase.nn import backbone as backbone_module
-from jmp_ase.nn.layers import basis_messages
+from jmp_ase.nn.layers import ScaleFactor, basis_messages, scalar
 from models import methanol, tiny_model
 
 
@@ -27,7 +30,7 @@ def test_basis_messages_is_the_plain_product(s, c):
     sph = torch.randn(5, 11, s, dtype=torch.float64, generator=gen).transpose(1, 2)  # as forward_padded lays it out
     x = torch.randn(5, 11, c, dtype=torch.float64, generator=gen)
     out = basis_messages(sph, x)
-    assert out.shape == (5, s, c) and out.is_contiguous()
+    assert out.shape == (5, s, c)
     torch.testing.assert_close(out, sph @ x, rtol=1e-14, atol=1e-14)
 
 
@@ -114,3 +117,85 @@ def test_auto_turns_lean_where_fast_would_not_fit(small_memory, monkeypatch):
     chosen.clear()
     model(batch)
     assert chosen == []
+
+
+def test_scale_factor_cached_factor_follows_its_buffer():
+    """The picked factor is kept, but a changed buffer (in place, loaded, replaced) is seen."""
+    layer = ScaleFactor()
+    x = torch.randn(4, 3)
+    assert torch.equal(layer(x), x)  # unfitted: identity, bit for bit
+    layer.scale_factor.fill_(2.0)
+    assert torch.equal(layer(x), x * 2.0)
+    layer.load_state_dict({"scale_factor": torch.tensor(3.0)})
+    assert torch.equal(layer(x), x * 3.0)
+    layer.scale_factor = torch.tensor(0.5)  # a new buffer tensor
+    assert torch.equal(layer(x), x * 0.5)
+    layer.scale_factor.data = torch.tensor(4.0)
+    assert torch.equal(layer(x), x * 4.0)
+    layer.double()
+    assert layer(x.double()).dtype == torch.float64
+    with torch.inference_mode():
+        layer(x.double())
+    y = x.double().requires_grad_()  # a factor made in inference mode is not reused with autograd
+    (grad,) = torch.autograd.grad(layer(y).sum(), y)
+    assert torch.equal(grad, torch.full_like(y, 4.0))
+    assert torch.equal(copy.deepcopy(layer)(x.double()), x.double() * 4.0)
+
+
+def test_observers_are_counted_and_force_the_fast_path():
+    model = tiny_model()
+    batch = batch_from_atoms([methanol()], model.graph_settings)
+    backbone = model.backbone
+    backbone.memory = "lean"
+    before = ScaleFactor.observing
+    assert backbone.lean_chunk_size(batch.indices) is not None
+    layer = next(m for m in backbone.modules() if isinstance(m, ScaleFactor))
+    layer.observer = lambda x, ref: None
+    try:
+        assert ScaleFactor.observing == before + 1
+        assert backbone.lean_chunk_size(batch.indices) is None
+        twin = copy.deepcopy(layer)  # a copy observes too
+        assert ScaleFactor.observing == before + 2
+        twin.observer = None
+    finally:
+        layer.observer = None
+    assert ScaleFactor.observing == before
+    assert backbone.lean_chunk_size(batch.indices) is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scalar_constants_are_kept_and_exact(dtype):
+    x = torch.randn(5, 3, dtype=dtype)
+    c = 1.0 / 0.6
+    assert scalar(c, x) is scalar(c, x) and scalar(c, x).dtype == dtype and scalar(c, x).dim() == 0
+    assert torch.equal(x * scalar(c, x), x * c)
+    with torch.inference_mode():
+        made_here = scalar(0.123, x)
+    y = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((y * made_here).sum(), y)  # usable where autograd records
+    assert torch.equal(grad, torch.full_like(y, 0.123))
+
+
+def test_shared_radial_basis_and_quadruplet_paths_match_the_plain_ones():
+    """One radial evaluation for the four graphs equals one per graph; a file whose radial bases
+    differ turns the shared evaluation off."""
+    model = tiny_model().double()
+    atoms = methanol()
+    batch = batch_from_atoms([atoms], model.graph_settings, dtype=torch.float64)
+    bases = model.backbone.bases
+    assert bases._one_radial
+    shared = model(batch)
+    bases._one_radial = False
+    separate = model(batch)
+    for key in ("energy", "forces"):
+        torch.testing.assert_close(shared[key], separate[key], rtol=1e-13, atol=1e-13)
+    state = model.state_dict()
+    state["backbone.bases.radial_basis_aint.rbf.offset"] = state["backbone.bases.radial_basis_aint.rbf.offset"] * 1.01
+    model.load_state_dict(state)
+    assert not bases._one_radial
+    model.memory = "lean"  # the quadruplet basis per chunk, the a2a basis apart
+    lean = model(batch)
+    model.memory = "fast"
+    fast = model(batch)
+    for key in ("energy", "forces"):
+        torch.testing.assert_close(lean[key], fast[key], rtol=1e-12, atol=1e-12)

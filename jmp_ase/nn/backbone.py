@@ -282,7 +282,8 @@ class GemNetOCBackbone(nn.Module):
         if mode == "auto":
             slots = idx.main_edge_index.shape[1] * idx.padded_width.quad
             mode = "lean" if slots > AUTO_LEAN_SLOTS else "fast"
-        observing = any(isinstance(mod, ScaleFactor) and mod.observer is not None for mod in self.modules())
+        observing = ScaleFactor.observing > 0 and any(
+            isinstance(mod, ScaleFactor) and mod.observer is not None for mod in self.modules())
         if observing:
             mode = "fast"  # fitting scale factors observes whole tensors
         if num_atoms is not None and reference is not None:
@@ -312,11 +313,17 @@ class GemNetOCBackbone(nn.Module):
         return mode
 
     def geometry(self, positions, cell, atom_batch, idx) -> dict:
-        """Distances and unit vectors of the four graphs (see :func:`edge_geometry`)."""
-        out = {}
-        for g in GRAPH_TYPES:
-            dist, vec = edge_geometry(positions, cell, atom_batch, *idx.graph(g))
-            out[g] = {"distance": dist, "vector": vec}
+        """Distances and unit vectors of the four graphs (see :func:`edge_geometry`), computed
+        in one pass over their edges laid end to end (the same numbers edge by edge, a quarter
+        of the operations); ``out["all"]`` holds ``distance`` in that layout, ``graphs`` (their
+        order, :data:`GRAPH_TYPES`) and ``sizes`` (their edge counts)."""
+        graphs = [idx.graph(g) for g in GRAPH_TYPES]
+        sizes = [int(edge_index.shape[1]) for edge_index, _ in graphs]
+        dist, vec = edge_geometry(positions, cell, atom_batch, torch.cat([ei for ei, _ in graphs], dim=1),
+                                  torch.cat([off for _, off in graphs]))
+        out = {g: {"distance": d, "vector": v}
+               for g, d, v in zip(GRAPH_TYPES, dist.split(sizes), vec.split(sizes))}
+        out["all"] = {"distance": dist, "sizes": sizes, "graphs": GRAPH_TYPES}
         return out
 
     def forward(self, h, positions, cell, atom_batch, idx: InteractionIndices, edge_embedding: bool = True) -> BackboneOutput:

@@ -21,6 +21,7 @@ from jmp_ase.nn.layers import (
     padded_slots,
     recompute,
     rows_per_chunk,
+    scalar,
     with_sentinel,
 )
 
@@ -84,9 +85,11 @@ def legendre_basis(cos_angle: torch.Tensor, num_spherical: int, scale_sq: torch.
         polys.append(cos_angle)
     for l in range(2, num_spherical):
         previous = polys[l - 2] if scale_sq is None else scale_sq * polys[l - 2]
-        polys.append(((2 * l - 1) * cos_angle * polys[l - 1] - (l - 1) * previous) / l)
+        # ((2l - 1) x P_{l-1} - (l - 1) P_{l-2}) / l, the constants as 0-d tensors (same numbers)
+        polys.append((cos_angle * scalar(2 * l - 1, cos_angle) * polys[l - 1]
+                      - previous * scalar(l - 1, cos_angle)) / scalar(l, cos_angle))
     norms = [math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(num_spherical)]
-    return torch.stack([n * p for n, p in zip(norms, polys)], dim=1)
+    return torch.stack(polys, dim=1) * cos_angle.new_tensor(norms)
 
 
 class CircularBasisLayer(nn.Module):
@@ -132,9 +135,12 @@ class SphericalBasisLayer(nn.Module):
         -> (E, num_radial), (Q, num_spherical**2)."""
         return self.radial_basis(distance), self.angular(cos_angle, normal_cab, normal_abd)
 
-    def angular(self, cos_angle: torch.Tensor, normal_cab: torch.Tensor, normal_abd: torch.Tensor) -> torch.Tensor:
-        """The angular part alone: (Q,), (Q, 3), (Q, 3) -> (Q, num_spherical**2)."""
-        first = legendre_basis(cos_angle, self.num_spherical)
+    def angular(self, cos_angle: torch.Tensor, normal_cab: torch.Tensor, normal_abd: torch.Tensor,
+                first: torch.Tensor | None = None) -> torch.Tensor:
+        """The angular part alone: (Q,), (Q, 3), (Q, 3) -> (Q, num_spherical**2); ``first``: the
+        Legendre basis of ``cos_angle`` when already computed (then ``cos_angle`` is not read)."""
+        if first is None:
+            first = legendre_basis(cos_angle, self.num_spherical)
         if self.smooth:
             if self.damping > 0:
                 normal_cab = damp_normal(normal_cab, self.damping)
@@ -143,7 +149,7 @@ class SphericalBasisLayer(nn.Module):
             second = legendre_basis((normal_cab * normal_abd).sum(-1), self.num_spherical, scale_sq)
         else:
             second = legendre_basis(torch.cos(dihedral_angle(normal_cab, normal_abd)), self.num_spherical)
-        return (first[:, :, None] * second[:, None, :]).reshape(cos_angle.shape[0], self.num_spherical**2)
+        return (first[:, :, None] * second[:, None, :]).reshape(first.shape[0], self.num_spherical**2)
 
 
 class QuadrupletBasisChunks:
@@ -240,8 +246,9 @@ def _refresh_radial_twins(module: "Bases", incompatible_keys) -> None:
 class InteractionBasis(NamedTuple):
     """The bases one interaction reads: ``rad`` (E, emb_size_rbf) radial weights per edge;
     ``cir`` the circular (triplet) part, in the layout its interaction contracts (padded
-    (radial weights, basis) pair, or per triplet); ``sph`` the quadruplet basis: a padded pair,
-    or in lean mode a :class:`QuadrupletBasisChunks` evaluated per chunk of edges."""
+    (radial weights, basis) pair, or per triplet); ``sph`` the quadruplet basis: (padded basis
+    times radial weights (E, Kmax, emb_size_sbf), input triplet of each padded slot (E, Kmax)), or
+    in lean mode a :class:`QuadrupletBasisChunks` evaluated per chunk of edges."""
 
     rad: torch.Tensor
     cir: Any
@@ -331,6 +338,9 @@ class Bases(nn.Module):
                              for name in self._MAIN_RADIAL}
         self._radial_twin.update({name: same(self.radial_basis_aeaint, getattr(self, name).radial_basis)
                                   for name in self._AEA_RADIAL})
+        # One function for the four graphs' distances: evaluated once on all of them.
+        self._one_radial = all(same(self.radial_basis, other) for other in (
+            self.radial_basis_aeaint, self.radial_basis_aint, self.cbf_basis_qint.radial_basis))
 
     @staticmethod
     def quadruplet_angles(v_main: torch.Tensor, v_qint: torch.Tensor, quad: dict):
@@ -341,18 +351,19 @@ class Bases(nn.Module):
         c-a-b-d (see :class:`SphericalBasisLayer`).
         """
         cos_cab, cos_abd, normal_cab, normal_abd = Bases.triplet_angles(v_main, v_qint, quad)
-        return cos_cab, cos_abd, normal_cab[quad.trip_out_to_quad], normal_abd[quad.trip_in_to_quad]
+        return (cos_cab, cos_abd, normal_cab.index_select(0, quad.trip_out_to_quad),
+                normal_abd.index_select(0, quad.trip_in_to_quad))
 
     @staticmethod
     def triplet_angles(v_main: torch.Tensor, v_qint: torch.Tensor, quad: dict):
         """As :meth:`quadruplet_angles`, with both normals per triplet (triplet_out, triplet_in)."""
-        v_ba_in = v_qint[quad.triplet_in.out]
-        v_db = v_main[quad.triplet_in.in_]
+        v_ba_in = v_qint.index_select(0, quad.triplet_in.out)
+        v_db = v_main.index_select(0, quad.triplet_in.in_)
         cos_abd = cos_between(v_ba_in, v_db)
         normal_abd = torch.linalg.cross(v_db, v_ba_in)
 
-        v_ca = v_main[quad.triplet_out.out]
-        v_ba_out = v_qint[quad.triplet_out.in_]
+        v_ca = v_main.index_select(0, quad.triplet_out.out)
+        v_ba_out = v_qint.index_select(0, quad.triplet_out.in_)
         cos_cab = cos_between(v_ca, v_ba_out)
         normal_cab = torch.linalg.cross(v_ca, v_ba_out)
         return cos_cab, cos_abd, normal_cab, normal_abd
@@ -369,6 +380,16 @@ class Bases(nn.Module):
         pieces = [recompute(part, distance[a:b]) for a, b in chunk_bounds(distance.shape[0], chunk_size)]
         return torch.cat(pieces) if pieces else part(distance)
 
+    def _graph_radials(self, geom: dict, chunk_size: int | None) -> dict | None:
+        """Radial bases of the four graphs from one evaluation on their distances laid end to end
+        (``geom["all"]``, see :meth:`GemNetOCBackbone.geometry`), when one function serves all four;
+        None otherwise, or in lean mode (the a2a basis is then evaluated in chunks)."""
+        every = geom.get("all")
+        if chunk_size is not None or every is None or not self._one_radial:
+            return None
+        pieces = self.radial_basis(every["distance"]).split(every["sizes"])
+        return dict(zip(every["graphs"], pieces))
+
     def forward(self, h: torch.Tensor, geom: dict, idx: InteractionIndices, num_atoms: int, chunk_size: int | None = None) -> BasisSet:
         """Compute every basis used by the interaction and output blocks.
 
@@ -382,40 +403,54 @@ class Bases(nn.Module):
         main, a2a, aea, qint = geom["main"], geom["a2a"], geom["a2ee2a"], geom["qint"]
         trip, t_a2e, t_e2a, quad = idx.trip_e2e, idx.trip_a2e, idx.trip_e2a, idx.quad
 
-        rad_main = self.radial_basis(main["distance"])
-        rad_aea = self.radial_basis_aeaint(aea["distance"])
+        rad = self._graph_radials(geom, chunk_size)
+        rad_main = rad["main"] if rad else self.radial_basis(main["distance"])
+        rad_aea = rad["a2ee2a"] if rad else self.radial_basis_aeaint(aea["distance"])
 
         def radial(name: str, shared: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
             return shared if self._radial_twin[name] else getattr(self, name).radial_basis(distance)
 
         rad_cir_e2e = radial("cbf_basis_tint", rad_main, main["distance"])
-        cos_e2e = cos_between(main["vector"][trip.out], main["vector"][trip.in_])
-        cir_e2e = legendre_basis(cos_e2e, self.num_spherical)
+        cos_e2e = cos_between(main["vector"].index_select(0, trip.out), main["vector"].index_select(0, trip.in_))
+        cos_a2e = cos_between(main["vector"].index_select(0, t_a2e.out), aea["vector"].index_select(0, t_a2e.in_))
+        cos_e2a = cos_between(aea["vector"].index_select(0, t_e2a.out), main["vector"].index_select(0, t_e2a.in_))
         width = idx.padded_width
-        if chunk_size is None:
-            cos_cab_q, cos_abd, normal_cab, normal_abd = self.quadruplet_angles(main["vector"], qint["vector"], quad)
+        lean = chunk_size is not None
+        cos_cab_q, cos_abd, normal_cab, normal_abd = (self.triplet_angles if lean else self.quadruplet_angles)(
+            main["vector"], qint["vector"], quad)
+        # The Legendre bases of every triplet angle in one evaluation (elementwise: same numbers).
+        cosines = [cos_e2e, cos_a2e, cos_e2a, cos_abd] + ([] if lean else [cos_cab_q])
+        legendre = legendre_basis(torch.cat(cosines), self.num_spherical).split([c.shape[0] for c in cosines])
+        cir_e2e, cir_a2e, cir_e2a, cir_qint = legendre[:4]
+        if not lean:
             rad_sph_qint = radial("sbf_basis_qint", rad_main, main["distance"])
-            sph_qint = self.sbf_basis_qint.angular(cos_cab_q[quad.trip_out_to_quad], normal_cab, normal_abd)
-            sph_qint = self.mlp_sbf_qint.forward_padded(rad_sph_qint, sph_qint, quad.out, quad.out_agg,
-                                                        width.quad)
+            sph_qint = self.sbf_basis_qint.angular(None, normal_cab, normal_abd,
+                                                   first=legendre[4].index_select(0, quad.trip_out_to_quad))
+            rad_w, sph = self.mlp_sbf_qint.forward_padded(rad_sph_qint, sph_qint, quad.out, quad.out_agg,
+                                                          width.quad)
+            # Radial weights times basis (rad_w @ sph): the same for every block, so taken
+            # once per pass (each block then contracts it with its messages, Kmax x emb_size_quad_in
+            # per edge, instead of the basis with them, S² x Kmax). Per padded quadruplet slot, its
+            # input triplet (T_in for padding): the blocks gather their messages straight into the
+            # padded layout.
+            slots = padded_slots(quad.out, quad.out_agg, rad_sph_qint.shape[0], width.quad)
+            # Kept transposed, (E, Kmax, emb_size_sbf) = padded basis (E, Kmax, S²) @ rad_w^T: the
+            # basis gradient then comes out in the padded layout's own order (no copy).
+            weighted = sph.transpose(1, 2) @ rad_w.transpose(1, 2)
+            sph_qint = (weighted, with_sentinel(quad.trip_in_to_quad, quad.triplet_in.in_.shape[0])[slots])
         else:
-            cos_cab_q, cos_abd, normal_cab, normal_abd = self.triplet_angles(main["vector"], qint["vector"], quad)
             sph_qint = QuadrupletBasisChunks(
                 self.sbf_basis_qint, self.mlp_sbf_qint, radial("sbf_basis_qint", rad_main, main["distance"]),
                 cos_cab_q, normal_cab, normal_abd, quad, width.quad, chunk_size,
             )
-        rad_cir_qint, cir_qint = self.cbf_basis_qint(qint["distance"], cos_abd)
+        rad_cir_qint = rad["qint"] if rad else self.cbf_basis_qint.radial_basis(qint["distance"])
         rad_cir_a2e = radial("cbf_basis_aeint", rad_main, main["distance"])
-        cos_a2e = cos_between(main["vector"][t_a2e.out], aea["vector"][t_a2e.in_])
-        cir_a2e = legendre_basis(cos_a2e, self.num_spherical)
         rad_cir_e2a = radial("cbf_basis_eaint", rad_aea, aea["distance"])
-        cos_e2a = cos_between(aea["vector"][t_e2a.out], main["vector"][t_e2a.in_])
-        cir_e2a = legendre_basis(cos_e2a, self.num_spherical)
         aea_target = idx.a2ee2a_edge_index[1]
         e2a_rad_w, e2a_sph = self.mlp_cbf_eaint.forward_padded(
             rad_cir_e2a, cir_e2a, t_e2a.out, t_e2a.out_agg, width.trip_e2a
         )
-        a2a_rad_w = self._a2a_radial(a2a["distance"], chunk_size)
+        a2a_rad_w = self.mlp_rbf_aint.radial(rad["a2a"]) if rad else self._a2a_radial(a2a["distance"], chunk_size)
         return BasisSet(
             m=self.edge_emb(h, rad_main, idx.main_edge_index),
             atom_update=self.mlp_rbf_h(rad_main),

@@ -21,17 +21,24 @@ from jmp_ase.nn.layers import (
     recompute,
     rows_per_chunk,
     padded_slots,
+    scalar,
     scatter_sum,
     with_sentinel,
     with_zero_row,
 )
 
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_3 = 1.0 / math.sqrt(3.0)
+
+
+def _scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x * factor`` (same numbers) without converting the Python number each time."""
+    return x * scalar(factor, x)
 
 
 def _symmetric_output(module: nn.Module, x: torch.Tensor, id_swap: torch.Tensor) -> torch.Tensor:
     """Message to c->a plus the message meant for a->c, swapped onto its reverse edge."""
-    return (module.up_projection_ca(x) + module.up_projection_ac(x)[id_swap]) * INV_SQRT_2
+    return _scaled(module.up_projection_ca(x) + module.up_projection_ac(x).index_select(0, id_swap), INV_SQRT_2)
 
 
 class TripletInteraction(nn.Module):
@@ -58,10 +65,10 @@ class TripletInteraction(nn.Module):
         (see :meth:`EfficientInteractionBilinear.forward_chunked`); None: all at once."""
         x_ba = self.dense_ba(m)
         if expand_idx is not None:
-            x_ba = x_ba[expand_idx]
+            x_ba = x_ba.index_select(0, expand_idx)
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(bases.rad), ref=x_ba)
         if chunk_size is None:
-            x_ba = self.down_projection(x_ba)[idx.in_]
+            x_ba = self.down_projection(x_ba).index_select(0, idx.in_)
             x = self.mlp_cbf(bases.cir, x_ba, idx.out, idx.out_agg, idx_agg2, idx_agg2_inner, agg2_out_size,
                              agg2_width)
         else:
@@ -72,7 +79,7 @@ class TripletInteraction(nn.Module):
         if self.symmetric_mp:
             return _symmetric_output(self, x, id_swap)
         if self.swap_output:
-            x = x[id_swap]
+            x = x.index_select(0, id_swap)
         return self.up_projection_ca(x)
 
 
@@ -92,7 +99,7 @@ class TripletInteraction(nn.Module):
     def output_rows(self, x, id_swap_rows, start: int, stop: int):
         """Rows ``start:stop`` of the symmetric output of the aggregated ``x`` (all rows);
         ``id_swap_rows`` = ``id_swap[start:stop]``."""
-        return (self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows])) * INV_SQRT_2
+        return _scaled(self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows]), INV_SQRT_2)
 
 
 class QuadrupletInteraction(nn.Module):
@@ -113,15 +120,22 @@ class QuadrupletInteraction(nn.Module):
         self.up_projection_ac = Dense(emb_size_quad_out, emb_size_edge, activation=activation, dropout=dropout)
 
     def forward(self, m, bases, quad, id_swap):
-        """``bases.sph`` is the padded pair (radial weights, spherical basis), or, in lean mode,
-        a :class:`jmp_ase.nn.bases.QuadrupletBasisChunks` that evaluates it per chunk of edges."""
+        """``bases.sph`` is (radial weights times padded spherical basis, input triplet per padded
+        slot), or, in lean mode, a :class:`jmp_ase.nn.bases.QuadrupletBasisChunks` that evaluates
+        it per chunk of edges."""
         x_db = self.dense_db(m)
         x_db = self.scale_rbf(x_db * self.mlp_rbf(bases.rad), ref=x_db)
-        x_db = self.down_projection(x_db)[quad.triplet_in.in_]
+        x_db = self.down_projection(x_db).index_select(0, quad.triplet_in.in_)
         x_db = self.scale_cbf(x_db * self.mlp_cbf(bases.cir), ref=x_db)
         if isinstance(bases.sph, tuple):
-            x_db = x_db[quad.trip_in_to_quad]
-            x = self.mlp_sbf(bases.sph, x_db, quad.out, quad.out_agg)
+            weighted_basis, slots = bases.sph  # (E, Kmax, emb_size_sbf), (E, Kmax)
+            # Messages per padded quadruplet slot, gathered in one step (zero row for padding).
+            x_pad = with_zero_row(x_db).index_select(0, slots.reshape(-1)).view(slots.shape + x_db.shape[1:])
+            # (E, emb_size_sbf, emb_size_quad_in): rad_w @ (sph @ x) reassociated (round-off only)
+            x = weighted_basis.transpose(1, 2) @ x_pad
+            x = self.mlp_sbf.bilinear(x.reshape(x.shape[0], x.shape[1] * x.shape[2]))
+            if self.scale_sbf_sum.observer is not None:  # fitting: it observes the per-quadruplet messages
+                x_db = x_db[quad.trip_in_to_quad]
         else:
             x = self._chunked(bases.sph, x_db)
         x = self.scale_sbf_sum(x, ref=x_db)
@@ -140,7 +154,7 @@ class QuadrupletInteraction(nn.Module):
         return self.scale_sbf_sum(self._chunked(bases.sph, x_db), ref=None)
 
     def output_rows(self, x, id_swap_rows, start: int, stop: int):
-        return (self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows])) * INV_SQRT_2
+        return _scaled(self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows]), INV_SQRT_2)
 
     def _chunked(self, sph_chunks, x_db):
         """Per-quadruplet part, ``sph_chunks.rows_per_chunk`` target edges at a time: the basis and the
@@ -173,7 +187,7 @@ class PairInteraction(nn.Module):
         num_atoms = h.shape[0]
         if chunk_size is not None:
             return self._chunked(h, rad_basis, edge_index, target_inner, width, chunk_size)
-        x_ba = self.down_projection(h)[edge_index[0]]
+        x_ba = self.down_projection(h).index_select(0, edge_index[0])
         padded = pad_rows(x_ba, edge_index[1], target_inner, num_atoms, width)
         out = self.bilinear((rad_basis @ padded).reshape(num_atoms, -1))
         out = self.scale_rbf_sum(out, ref=x_ba)
@@ -256,7 +270,7 @@ class OutputBlock(AtomUpdateBlock):
             x_e = x_e / (1 - self.edge_dropout)
         x_e = _run(self.seq_energy_pre, self.scale_sum(x_e, ref=m))
         if self.seq_energy2 is not None:
-            x_e = _run(self.seq_energy2, (x_e + h) * INV_SQRT_2)
+            x_e = _run(self.seq_energy2, _scaled(x_e + h, INV_SQRT_2))
         if not with_forces:
             return x_e, None
         x_f = _run(self.seq_forces, m)
@@ -273,7 +287,7 @@ class OutputBlock(AtomUpdateBlock):
             x_e = x_e / (1 - self.edge_dropout)
         x_e = _run(self.seq_energy_pre, self.scale_sum(x_e, ref=None))
         if self.seq_energy2 is not None:
-            x_e = _run(self.seq_energy2, (x_e + h) * INV_SQRT_2)
+            x_e = _run(self.seq_energy2, _scaled(x_e + h, INV_SQRT_2))
         if not with_forces:
             return x_e, None
 
@@ -349,14 +363,14 @@ class InteractionBlock(nn.Module):
         h_a2a = self.atom_interaction(
             h, bases.a2a_rad, idx.a2a_edge_index, idx.a2a_target_inner, width.a2a, chunk_size=chunk_size
         )
-        x = (x_skip + x_e2e + x_qint + x_a2e) * (1.0 / math.sqrt(4.0))
-        h = (h + h_e2a + h_a2a) * (1.0 / math.sqrt(3.0))
+        x = _scaled(x_skip + x_e2e + x_qint + x_a2e, 0.5)
+        h = _scaled(h + h_e2a + h_a2a, INV_SQRT_3)
         x = _run(self.layers_before_skip, x)
-        m = _run(self.layers_after_skip, (m + x) * INV_SQRT_2)
+        m = _run(self.layers_after_skip, _scaled(m + x, INV_SQRT_2))
         h = _run(self.atom_emb_layers, h)
-        h = (h + self.atom_update(h, m, bases.atom_update, idx.main_edge_index[1])) * INV_SQRT_2
+        h = _scaled(h + self.atom_update(h, m, bases.atom_update, idx.main_edge_index[1]), INV_SQRT_2)
         m2 = _run(self.residual_m, self.concat_layer(h, m, idx.main_edge_index))
-        return h, (m + m2) * INV_SQRT_2
+        return h, _scaled(m + m2, INV_SQRT_2)
 
     def forward_lean(self, h, m, bases: BasisSet, idx: InteractionIndices, chunk_size: int):
         """:meth:`forward` (same numbers) for lean mode: the per-edge MLPs run over chunks of
@@ -394,27 +408,27 @@ class InteractionBlock(nn.Module):
             swap = id_swap[start:stop]
             x = (self.dense_ca(m_c) + trip.output_rows(x_e2e, swap, start, stop)
                  + quad.output_rows(x_qint, swap, start, stop)
-                 + a2e.output_rows(x_a2e, swap, start, stop)) * (1.0 / math.sqrt(4.0))
+                 + a2e.output_rows(x_a2e, swap, start, stop)) * scalar(0.5, m_c)
             x = _run(self.layers_before_skip, x)
-            return _run(self.layers_after_skip, (m_c + x) * INV_SQRT_2)
+            return _run(self.layers_after_skip, _scaled(m_c + x, INV_SQRT_2))
 
         m = _cat([recompute(edge_update, a, b, m[a:b], x_e2e, x_qint, x_a2e) for a, b in bounds],
                  lambda: edge_update(0, num_edges, m, x_e2e, x_qint, x_a2e))
 
-        h = (h + h_e2a + h_a2a) * (1.0 / math.sqrt(3.0))
+        h = _scaled(h + h_e2a + h_a2a, INV_SQRT_3)
         h = _run(self.atom_emb_layers, h)
         update = self.atom_update
         basis = bases.atom_update
         weighted = _cat([recompute(_weighted_rows, update.dense_rbf, m[a:b], basis[a:b]) for a, b in bounds],
                         lambda: m * update.dense_rbf(basis))
         x = scatter_sum(weighted, idx.main_edge_index[1], num_atoms)
-        h = (h + _run(update.layers, update.scale_sum(x, ref=None))) * INV_SQRT_2
+        h = _scaled(h + _run(update.layers, update.scale_sum(x, ref=None)), INV_SQRT_2)
 
         edge_index = idx.main_edge_index
 
         def edge_final(m_c, edge_index_c, h):
             m2 = _run(self.residual_m, self.concat_layer(h, m_c, edge_index_c))
-            return (m_c + m2) * INV_SQRT_2
+            return _scaled(m_c + m2, INV_SQRT_2)
 
         m = _cat([recompute(edge_final, m[a:b], edge_index[:, a:b], h) for a, b in bounds],
                  lambda: edge_final(m, edge_index, h))

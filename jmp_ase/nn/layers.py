@@ -12,13 +12,30 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+_SCALARS: dict = {}
+
+
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as a 0-d tensor of ``like``'s dtype and device, made once and kept.
+
+    ``x * scalar(c, x)`` is ``x * c`` bit for bit, without the conversion of the Python number
+    that every ``x * c`` repeats (three extra operations per multiply, forward and backward).
+    """
+    key = (value, like.dtype, like.device)
+    tensor = _SCALARS.get(key)
+    if tensor is None:
+        with torch.inference_mode(False):  # a normal tensor, usable wherever autograd records
+            tensor = _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return tensor
+
+
 class ScaledSiLU(nn.Module):
     """SiLU scaled by 1/0.6 so that a unit-variance input keeps roughly unit variance."""
 
     scale = 1.0 / 0.6
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.silu(x) * self.scale
+        return nn.functional.silu(x) * scalar(self.scale, x)
 
 
 def make_activation(name: str | None) -> nn.Module:
@@ -83,7 +100,7 @@ class ResidualLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x + self.dense_mlp(x)) * (1.0 / math.sqrt(2.0))
+        return (x + self.dense_mlp(x)) * scalar(1.0 / math.sqrt(2.0), x)
 
 
 class ScaleFactor(nn.Module):
@@ -94,13 +111,32 @@ class ScaleFactor(nn.Module):
 
     The forward pass picks the factor with tensor math (``torch.where``), never with a
     Python ``if`` on its value, so it does not wait for the device; ``x * 1`` is
-    exactly ``x``, so an unfitted layer still returns its input bit for bit.
+    exactly ``x``, so an unfitted layer still returns its input bit for bit. The picked factor
+    is kept until the buffer changes (in place, or replaced), so a pass costs one multiply.
     """
+
+    #: Number of ScaleFactor layers (in any model) whose observer is set; while 0, a forward pass
+    #: need not look for observers (a layer collected while observing leaves it high: only slower).
+    observing = 0
 
     def __init__(self):
         super().__init__()
         self.register_buffer("scale_factor", torch.tensor(0.0))
         self.observer = None  # set while fitting: callable(x, ref)
+
+    @property
+    def observer(self):
+        return self.__dict__.get("_observer")
+
+    @observer.setter
+    def observer(self, fn):
+        ScaleFactor.observing += (fn is not None) - (self.__dict__.get("_observer") is not None)
+        self.__dict__["_observer"] = fn
+
+    def __setstate__(self, state):  # a copy (deepcopy, pickle) of an observing layer observes too
+        super().__setstate__(state)
+        if self.__dict__.get("_observer") is not None:
+            ScaleFactor.observing += 1
 
     @property
     def fitted(self) -> bool:
@@ -109,8 +145,19 @@ class ScaleFactor(nn.Module):
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         if self.observer is not None:
             self.observer(x, ref)
+        return x * self._factor()
+
+    def _factor(self) -> torch.Tensor:
+        """The factor to multiply by (1 while unfitted), as a tensor; computed once per value of
+        the buffer (kept while the buffer is the same tensor, unmodified, in the same mode)."""
         factor = self.scale_factor
-        return x * torch.where(factor != 0.0, factor, torch.ones_like(factor))
+        key = (factor._version, factor.data_ptr(), torch.is_inference_mode_enabled())
+        cached = self.__dict__.get("_cached_factor")
+        if cached is not None and cached[0] is factor and cached[1] == key:
+            return cached[2]
+        effective = torch.where(factor != 0.0, factor, torch.ones_like(factor))
+        self.__dict__["_cached_factor"] = (factor, key, effective)
+        return effective
 
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
@@ -172,10 +219,11 @@ def basis_messages(sph: torch.Tensor, x_padded: torch.Tensor) -> torch.Tensor:
     kernels of a batched product are slow with a narrow output (C columns) and fast with
     narrow rows (one thread, forward + backward of this product alone: 2.4x faster at S=49,
     C=8; at S=49, C=32 (JMP-S) no clear gain in the whole model; S=7, C=64 is 2.4x slower
-    transposed). Same sums, in another order (round-off only).
+    transposed). Same sums, in another order (round-off only). The transposed result is returned
+    as a view (not contiguous): the next product reads it as it is, no copy either way.
     """
     if sph.shape[1] > 2 * x_padded.shape[2]:
-        return (x_padded.transpose(1, 2) @ sph.transpose(1, 2)).transpose(1, 2).contiguous()
+        return (x_padded.transpose(1, 2) @ sph.transpose(1, 2)).transpose(1, 2)
     return sph @ x_padded
 
 
@@ -198,7 +246,7 @@ class EdgeEmbedding(nn.Module):
 
     def forward(self, h: torch.Tensor, m: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """h (n_atoms, F_a), m (n_edges, F_e), edge_index (2, n_edges) -> (n_edges, out)."""
-        return self.dense(torch.cat([h[edge_index[0]], h[edge_index[1]], m], dim=-1))
+        return self.dense(torch.cat([h.index_select(0, edge_index[0]), h.index_select(0, edge_index[1]), m], dim=-1))
 
 
 class BasisEmbedding(nn.Module):
@@ -224,7 +272,7 @@ class BasisEmbedding(nn.Module):
 
     def forward_gathered(self, rad_basis, sph_basis, idx_outer):
         """Per-triplet contraction: (n_trip, emb) = W(rad)[idx_outer] @ sph (n_trip, num_sph)."""
-        rad_w = self.radial(rad_basis, sph_basis.shape[-1])[idx_outer]
+        rad_w = self.radial(rad_basis, sph_basis.shape[-1]).index_select(0, idx_outer)
         return (rad_w @ sph_basis[:, :, None]).squeeze(-1)
 
     def forward_padded(self, rad_basis, sph_basis, idx_sph_outer, idx_sph_inner, width: int):
