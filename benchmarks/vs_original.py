@@ -77,6 +77,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# benchmarks/profile.py would shadow the standard library's profile (torch imports cProfile): this
+# folder goes to the end of the path, where only backbone_speed is looked up from it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 CUTOFF, MAX_NEIGHBORS = 12.0, 30
 SYSTEMS = {"aspirin": None, "cu108": (3, 3, 3), "cu256": (4, 4, 4), "cu1000": (5, 5, 10)}
 GEOMEAN_SYSTEMS = ("aspirin", "cu108", "cu256")
@@ -112,7 +115,6 @@ def make_structures(path: Path) -> None:
     import numpy as np
     from ase.build import bulk
 
-    sys.path.insert(0, str(HERE))
     from backbone_speed import system
 
     frames = []
@@ -202,7 +204,6 @@ def run_table(args, threads: int) -> list[tuple[str, float, float]]:
     """All cases at one thread count; prints the table, returns (pair, total ratio, model ratio)."""
     import torch
 
-    sys.path.insert(0, str(HERE))
     from backbone_speed import machine
 
     torch.set_num_threads(threads)
