@@ -227,16 +227,23 @@ def run_table(args, threads: int) -> list[tuple[str, float, float]]:
         for mode in args.modes:
             for code in args.codes:
                 out = outdir / f"{code}-{system}-{mode}.npz"
-                if out.exists():
-                    out.unlink()
-                if (code, mode) in stopped:
-                    r = {"error": "skipped (a smaller system did not fit or timed out)"}
+                saved = out.with_suffix(".json")
+                if args.reuse and saved.exists():
+                    r = dict(json.loads(saved.read_text()), reused=True)
                 else:
-                    r = run_case(args, code, system, mode, threads, out)
-                    if r.get("stop"):
-                        stopped.add((code, mode))
+                    for old in (out, saved):
+                        if old.exists():
+                            old.unlink()
+                    if (code, mode) in stopped:
+                        r = {"error": "skipped (a smaller system did not fit or timed out)"}
+                    else:
+                        r = run_case(args, code, system, mode, threads, out)
+                        saved.write_text(json.dumps(r))
+                if r.get("stop"):
+                    stopped.add((code, mode))
                 results[code, system, mode] = r
-                print(fmt_row(code, system, atoms_of[system], mode, r), flush=True)
+                print(fmt_row(code, system, atoms_of[system], mode, r) + ("  (earlier run)" if r.get("reused") else ""),
+                      flush=True)
             diff = compare(outdir / f"original-{system}-{mode}.npz", outdir / f"jmp-ase-{system}-{mode}.npz")
             if diff:
                 print("#   max |original - jmp-ase|: " + ", ".join(
@@ -520,6 +527,9 @@ def parse_args(argv=None):
                    help="address-space cap per case (0: none)")
     p.add_argument("--memory", choices=["auto", "fast", "lean"], default="auto", help="jmp-ase memory mode")
     p.add_argument("--seed", type=int, default=0, help="seed of the random JMP-S weights")
+    p.add_argument("--reuse", action="store_true",
+                   help="take a case's result from an earlier run in --workdir where there is one (same "
+                        "thread count; marked 'earlier run') instead of running it again")
     p.add_argument("--workdir", type=Path, default=Path("runs/vs_original"),
                    help="weights, structures and per-case outputs")
     p.add_argument("--child", choices=CODES, help=argparse.SUPPRESS)
