@@ -11,6 +11,10 @@ never to files: ``np.math = math`` (the code predates NumPy 2), a bare ``jmp.lig
 (so the GemNet-OC modules import without the Lightning training stack), and
 ``jmp.utils.goc_graph.radius_graph`` (torch-cluster, used for non-periodic structures) replaced
 by an exact all-pairs radius graph (row 0 = source j, row 1 = target i, sorted by target).
+Where torch-sparse is not installed (its compile took over 40 minutes on a loaded 2-core machine),
+its ``SparseTensor`` is replaced by a pure-torch stand-in (``_SparseTensorStandIn``: construction,
+row selection, ``set_value_``, COO access); only the original's triplet / quadruplet index
+construction uses it (its "idx ms" column), and the table says which was used.
 
 Weights: one JMP-S-shaped checkpoint (embedding, GemNet-OC backbone, one pre-training energy head
 and one direct-force head), drawn once with ``--seed`` by jmp-ase's initialisers, its 54
@@ -222,6 +226,7 @@ def run_table(args, threads: int) -> list[tuple[str, float, float]]:
     stopped: set[tuple[str, str]] = set()
     results: dict[tuple[str, str, str], dict] = {}
     atoms_of = {}
+    notes: set[str] = set()
     for system in args.cases:
         atoms_of[system] = len(read_structure(args.workdir / STRUCTURES, system))
         for mode in args.modes:
@@ -242,6 +247,9 @@ def run_table(args, threads: int) -> list[tuple[str, float, float]]:
                 if r.get("stop"):
                     stopped.add((code, mode))
                 results[code, system, mode] = r
+                if r.get("sparse") and r["sparse"] not in notes:
+                    notes.add(r["sparse"])
+                    print(f"#   original's SparseTensor: {r['sparse']} (see the module docstring)")
                 print(fmt_row(code, system, atoms_of[system], mode, r) + ("  (earlier run)" if r.get("reused") else ""),
                       flush=True)
             diff = compare(outdir / f"original-{system}-{mode}.npz", outdir / f"jmp-ase-{system}-{mode}.npz")
@@ -370,14 +378,77 @@ def _all_pairs_radius_graph(x, r, batch=None, loop=False, max_num_neighbors=32, 
     return torch.stack([source, target])
 
 
-def import_original(src: Path):
-    """The original's GemNet-OC modules with the shims of the module docstring."""
+class _SparseTensorStandIn:
+    """The part of torch-sparse's ``SparseTensor`` the original's index code uses (pure torch).
+
+    Used only where torch-sparse is not installed (its compile takes 7 to 40 minutes, depending
+    on the machine's load). COO entries sorted by (row, col), stably; ``adj[index]`` selects rows
+    (row k of the result = row ``index[k]``, entries in storage order), as torch-sparse does.
+    Only the original's triplet / quadruplet index construction (its "idx ms") goes through it.
+    """
+
+    def __init__(self, row, col, value=None, sparse_sizes=None, is_sorted=False, **_):
+        import torch
+
+        if not is_sorted and row.numel() > 1:
+            perm = torch.argsort(row * int(sparse_sizes[1]) + col, stable=True)
+            row, col = row[perm], col[perm]
+            value = None if value is None else value[perm]
+        self._row, self._col, self._value, self._sizes = row, col, value, tuple(int(s) for s in sparse_sizes)
+        self.storage = self
+
+    def row(self):
+        return self._row
+
+    def col(self):
+        return self._col
+
+    def value(self):
+        return self._value
+
+    def coo(self):
+        return self._row, self._col, self._value
+
+    def sparse_sizes(self):
+        return self._sizes
+
+    def set_value_(self, value, layout=None):
+        self._value = value
+        return self
+
+    def __getitem__(self, index):
+        import torch
+
+        counts = torch.bincount(self._row, minlength=self._sizes[0])
+        starts = torch.cumsum(counts, 0) - counts
+        degree = counts[index]
+        total = int(degree.sum())
+        out_row = torch.repeat_interleave(torch.arange(index.numel(), dtype=index.dtype), degree, output_size=total)
+        first = torch.cumsum(degree, 0) - degree
+        pos = (torch.repeat_interleave(starts[index] - first, degree, output_size=total)
+               + torch.arange(total, dtype=index.dtype))
+        value = None if self._value is None else self._value[pos]
+        return _SparseTensorStandIn(out_row, self._col[pos], value, (index.numel(), self._sizes[1]), is_sorted=True)
+
+
+def import_original(src: Path) -> tuple:
+    """The original's GemNet-OC modules with the shims of the module docstring; returns
+    (goc_graph module, "torch-sparse" or "stand-in")."""
     import importlib
     import types
 
     import numpy as np
 
     np.math = math  # the original predates NumPy 2
+    try:
+        importlib.import_module("torch_sparse")  # the compiled one where installed
+
+        sparse = "torch-sparse"
+    except ImportError:
+        module = types.ModuleType("torch_sparse")
+        module.SparseTensor = _SparseTensorStandIn
+        sys.modules["torch_sparse"] = module
+        sparse = "stand-in"
     sys.path.insert(0, str(src))
     importlib.import_module("jmp")
     lightning = types.ModuleType("jmp.lightning")
@@ -390,7 +461,7 @@ def import_original(src: Path):
     from jmp.utils import goc_graph
 
     goc_graph.radius_graph = _all_pairs_radius_graph
-    return goc_graph
+    return goc_graph, sparse
 
 
 def child_original(args, atoms, weights: Path) -> dict:
@@ -398,7 +469,7 @@ def child_original(args, atoms, weights: Path) -> dict:
     import torch
     from torch import nn
 
-    goc_graph = import_original(Path(args.original))
+    goc_graph, sparse = import_original(Path(args.original))
     from jmp.models.gemnet.backbone import GemNetOCBackbone
     from jmp.models.gemnet.config import BackboneConfig
     from jmp.models.gemnet.layers.base_layers import ScaledSiLU
@@ -473,7 +544,7 @@ def child_original(args, atoms, weights: Path) -> dict:
         return {"energy": energy.detach().reshape(1), "forces": forces.detach()}
 
     batch = build()
-    info = {"main_edges": int(batch.main_edge_index.shape[1]), "rss_before_mb": _rss_mb()}
+    info = {"main_edges": int(batch.main_edge_index.shape[1]), "rss_before_mb": _rss_mb(), "sparse": sparse}
     del batch
     timing = _time_repeats(build, call, args.warmup, args.repeats, args.budget)
     out = timing.pop("out")
