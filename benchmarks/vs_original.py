@@ -247,11 +247,11 @@ def run_table(args, threads: int) -> list[tuple[str, float, float]]:
                 if r.get("stop"):
                     stopped.add((code, mode))
                 results[code, system, mode] = r
+                print(fmt_row(code, system, atoms_of[system], mode, r) + ("  (earlier run)" if r.get("reused") else ""),
+                      flush=True)
                 if r.get("sparse") and r["sparse"] not in notes:
                     notes.add(r["sparse"])
                     print(f"#   original's SparseTensor: {r['sparse']} (see the module docstring)")
-                print(fmt_row(code, system, atoms_of[system], mode, r) + ("  (earlier run)" if r.get("reused") else ""),
-                      flush=True)
             diff = compare(outdir / f"original-{system}-{mode}.npz", outdir / f"jmp-ase-{system}-{mode}.npz")
             if diff:
                 print("#   max |original - jmp-ase|: " + ", ".join(
