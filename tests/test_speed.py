@@ -119,6 +119,24 @@ def test_auto_turns_lean_where_fast_would_not_fit(small_memory, monkeypatch):
     assert chosen == []
 
 
+def test_auto_stays_fast_above_the_slot_limit_where_memory_is_plentiful(small_memory, monkeypatch):
+    """Above AUTO_LEAN_SLOTS auto is lean, unless the fast pass needs at most AUTO_FAST_FRACTION
+    of the available memory (a large machine pays no recomputation)."""
+    model = tiny_model().double()
+    atoms = copper()
+    batch = batch_from_atoms([atoms], model.graph_settings, dtype=torch.float64)
+    idx, n = batch.indices, len(atoms)
+    fast_need = backbone_module.estimate_peak_bytes(model.config, idx, n, 8, lean=False, grad=True)
+    monkeypatch.setattr(backbone_module, "AUTO_LEAN_SLOTS", 0)
+    chosen = []
+    monkeypatch.setattr(backbone_module, "return_freed_memory_to_os", lambda: chosen.append("lean"))
+    for available, expected in ((2 * fast_need, []), (2 * fast_need - 16, ["lean"])):
+        small_memory[0] = int(available / backbone_module.AUTO_FAST_FRACTION / 2)
+        chosen.clear()
+        model(batch)
+        assert chosen == expected, available
+
+
 def test_scale_factor_cached_factor_follows_its_buffer():
     """The picked factor is kept, but a changed buffer (in place, loaded, replaced) is seen."""
     layer = ScaleFactor()
