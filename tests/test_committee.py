@@ -8,7 +8,7 @@ from ase import Atoms
 
 from jmp_ase.calculators.calculator import JMPCalculator
 from jmp_ase.data.batch import batch_from_atoms
-from jmp_ase.io.model_file import load_model
+from jmp_ase.io.model_file import load_model, model_settings
 from jmp_ase.nn.config import tiny
 from jmp_ase.nn.heads import HeadSpec
 from jmp_ase.nn.model import FineTunedModel, ModelConfig
@@ -102,6 +102,7 @@ def test_committee_finetune_and_calculator(tmp_path):
     summary = run_finetune(config)
     model = load_model(summary["model"])
     assert model.model_config.heads[0].committee == 4
+    assert "heads energy (energy, committee of 4)" in model_settings(summary["model"])[0]  # jmp-train info
     calc = JMPCalculator(model, dtype="float64")
     assert {"energy_std", "forces_std"} <= set(calc.implemented_properties)
     inside = train[0].copy()

@@ -278,5 +278,7 @@ def settings_of(content: dict, source: str) -> list[str]:
         return [line(f"head {t.get('name')}", t.get("cutoff"), t.get("max_neighbors"), t.get("tags", "auto"), backbone)
                 for t in hparams.get("tasks", [])]
     config = ModelConfig.from_dict(check_content(content, source)["config"])
+    heads = ", ".join(f"{h.name} ({h.kind}" + (f", committee of {h.committee}" if h.committee > 1 else "") + ")"
+                      for h in config.heads)
     return [line("model", config.cutoff, config.max_neighbors, config.tags, config.backbone,
-                 config.neighbor_order)]
+                 config.neighbor_order) + f"; heads {heads}"]
