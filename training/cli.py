@@ -67,6 +67,12 @@ ANTICIPATED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
 @click.option("--committee", type=int,
               help="K energy MLPs on one backbone pass, each trained on the labels: the energy is their mean and "
                    "the calculator gives energy_std and forces_std (K backward passes per training step).")
+@click.option("--element-references",
+              help="Energies (eV) of the isolated atoms at the labels' level of theory, e.g. H=-13.6,O=-432.1: "
+                   "they replace the references fitted to the training energies.")
+@click.option("--isolated-atom-references/--no-isolated-atom-references", default=None,
+              help="An atom without neighbours gets exactly its element reference, so a structure pulled apart "
+                   "ends at the sum of the references (give them with --element-references).")
 @click.option("--final-epochs", type=int,
               help="Make the last N epochs an energy-refinement stage: energy loss weight x10 (or "
                    "final_loss_weights), constant rate lr x final_lr_factor (0.1); the model is the best of it.")

@@ -145,7 +145,12 @@ def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None,
     labels = [train_set.labels(i) for i in range(len(train_set))]
     elements = sorted({int(z) for numbers, _ in labels for z in numbers})
     references = {}
-    if config.fit_references and all("energy" in lab for _, lab in labels):
+    if config.element_references is not None:
+        missing = [z for z in elements if z not in config.element_references]
+        if missing:
+            raise ValueError(f"element_references lacks training element(s) {missing}")
+        references = {z: config.element_references[z] for z in elements}
+    elif config.fit_references and all("energy" in lab for _, lab in labels):
         references = fit_element_references([lab["energy"] for _, lab in labels], [n for n, _ in labels], elements)
     stats = dataset_statistics(labels, references)
     backbone = dataclasses.replace(backbone, smooth_dihedral=smooth_dihedral_setting(config),
@@ -156,6 +161,7 @@ def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None,
     model_config = ModelConfig(backbone, heads, cutoff=settings.cutoff,
                                max_neighbors=settings.max_neighbors, tags=settings.tags,
                                neighbor_order=settings.neighbor_order, elements=elements,
+                               isolated_atom_references=bool(config.isolated_atom_references),
                                provenance=dict(parent.provenance))
     model = FineTunedModel(model_config)
     if parent.state is not None:

@@ -34,6 +34,12 @@ class FinetuneConfig:
     direct_forces: bool = False
     committee: int = 1  # energy MLPs on one backbone pass, each trained on the labels: energy_std, forces_std
     fit_references: bool = True
+    # element (symbol or Z) -> energy in eV of that element's isolated atom at the labels' level of
+    # theory; given, it replaces the fitted references and must cover every training element
+    element_references: dict | None = None
+    # an atom without neighbours gets exactly its element reference (ModelConfig.isolated_atom_references):
+    # pulled apart, a structure ends at the sum of its references; physical with element_references
+    isolated_atom_references: bool = False
     # Graph settings: None takes the parent's (a jmp-ase model file or pretrain.ckpt states them;
     # an original JMP checkpoint does not: then 12 Å (at most the radial basis), 30, ignore, (1, 2)).
     cutoff: float | None = None
@@ -116,6 +122,10 @@ class FinetuneConfig:
             raise ValueError(f"final_lr_factor must be positive, got {self.final_lr_factor}")
         if int(self.committee) < 1 or (int(self.committee) > 1 and self.direct_forces):
             raise ValueError(f"--committee must be at least 1 (and 1 with direct_forces), got {self.committee}")
+        if self.element_references is not None:
+            self.element_references = parse_element_references(self.element_references)
+        if self.isolated_atom_references and "energy" not in self.targets:
+            raise ValueError("--isolated-atom-references needs an energy target")
         if self.eval_batch_size is not None and int(self.eval_batch_size) < 1:
             raise ValueError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
         if not float(self.lr) > 0:
@@ -158,6 +168,33 @@ class FinetuneConfig:
         if not self.final_loss_weights:
             return {t: w * 10.0 if t == "energy" else w for t, w in weights.items()}
         return {t: float(self.final_loss_weights.get(t, weights[t])) for t in self.targets}
+
+
+def parse_element_references(value) -> dict[int, float]:
+    """``{"H": -13.6, 8: -432.1}`` or ``"H=-13.6,O=-432.1"`` -> ``{1: -13.6, 8: -432.1}`` (eV)."""
+    from ase.data import atomic_numbers
+
+    error = ValueError(f"element_references must map elements to energies in eV (e.g. H=-13.6,O=-432.1), "
+                       f"got {value!r}")
+    if isinstance(value, str):
+        pairs = [item.partition("=")[::2] for item in value.split(",") if item.strip()]
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        raise error
+    out = {}
+    for key, energy in pairs:
+        key = str(key).strip()
+        z = int(key) if key.isdigit() else atomic_numbers.get(key, 0)
+        try:
+            out[z] = float(energy)
+        except (TypeError, ValueError):
+            raise error from None
+        if not 1 <= z <= 118:
+            raise error
+    if not out:
+        raise error
+    return out
 
 
 def parse_qint_tags(value) -> tuple[int, ...]:

@@ -280,5 +280,6 @@ def settings_of(content: dict, source: str) -> list[str]:
     config = ModelConfig.from_dict(check_content(content, source)["config"])
     heads = ", ".join(f"{h.name} ({h.kind}" + (f", committee of {h.committee}" if h.committee > 1 else "") + ")"
                       for h in config.heads)
+    isolated = "; isolated atoms at their element references" if config.isolated_atom_references else ""
     return [line("model", config.cutoff, config.max_neighbors, config.tags, config.backbone,
-                 config.neighbor_order) + f"; heads {heads}"]
+                 config.neighbor_order) + f"; heads {heads}{isolated}"]

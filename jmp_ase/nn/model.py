@@ -10,10 +10,11 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+from ase import Atoms
 from torch import nn
 
 from jmp_ase.nn.backbone import BackboneOutput, GemNetOCBackbone
-from jmp_ase.data.batch import AtomsBatch
+from jmp_ase.data.batch import AtomsBatch, batch_from_atoms
 import jmp_ase.keys as keys
 from jmp_ase.keys import RESERVED_NAMES, UNITS
 from jmp_ase.nn.config import BackboneConfig
@@ -88,7 +89,11 @@ class ModelConfig:
     neighbor_order (how the nearest max_neighbors are chosen: "canonical" for new models, order
     independent and keeping tied shells whole; files without it read "jmp", the first release's
     rule) and the backbone's qint_tags define the graphs;
-    elements: atomic numbers seen in training (empty = not recorded); provenance:
+    elements: atomic numbers seen in training (empty = not recorded);
+    isolated_atom_references: the energy head gives an atom without neighbours exactly its
+    element reference (the energy's dissociation limit is the sum of the references; the head
+    subtracts each element's isolated-atom output, see :meth:`jmp_ase.nn.heads.base.Head.denormalise`;
+    needs ``elements``; files without it read False, JMP's behaviour); provenance:
     record of the parent model, data, jmp-ase version and date (plain Python values);
     units: the units of positions and predictions (fixed, stated for readers of the file).
     """
@@ -100,6 +105,7 @@ class ModelConfig:
     tags: str = "ignore"
     neighbor_order: str = "canonical"
     elements: list[int] = field(default_factory=list)
+    isolated_atom_references: bool = False
     provenance: dict = field(default_factory=dict)
     units: dict = field(default_factory=lambda: dict(UNITS))
 
@@ -108,6 +114,9 @@ class ModelConfig:
         self.cutoff = float(self.cutoff)
         self.max_neighbors = int(self.max_neighbors)
         self.elements = sorted({int(z) for z in self.elements})
+        self.isolated_atom_references = bool(self.isolated_atom_references)
+        if self.isolated_atom_references and not self.elements:
+            raise ValueError("isolated_atom_references needs the model's elements")
         bad = [z for z in self.elements if not 1 <= z <= self.backbone.num_elements]
         if bad:
             raise ValueError(f"elements {bad} are outside 1..{self.backbone.num_elements} (num_elements)")
@@ -146,6 +155,7 @@ class ModelConfig:
             "tags": self.tags,
             "neighbor_order": self.neighbor_order,
             "elements": [int(z) for z in self.elements],
+            "isolated_atom_references": self.isolated_atom_references,
             "provenance": dict(self.provenance),
             "units": dict(self.units),
         }
@@ -181,6 +191,7 @@ class FineTunedModel(JMPBackboneModel):
             {spec.name: build_head(spec, c.emb_size_atom, c.emb_size_edge, c.num_elements, c.activation)
              for spec in config.heads}
         )
+        self._isolated_batch = None  # ((device, dtype), AtomsBatch of one isolated atom per element)
 
     @property
     def graph_settings(self) -> GraphSettings:
@@ -224,6 +235,23 @@ class FineTunedModel(JMPBackboneModel):
             props += [name for name in head.outputs() if name not in props]
         return props
 
+    def _isolated_embedding(self, like: torch.Tensor) -> torch.Tensor | None:
+        """With ``isolated_atom_references``: the node embedding of each of the model's elements
+        as an atom without neighbours, (num_elements + 1, D) with row Z for element Z (zero rows
+        elsewhere), from a backbone pass over one isolated atom per element; else None."""
+        config = self.model_config
+        if not config.isolated_atom_references or self._head_of_kind("energy") is None:
+            return None
+        key = (like.device, like.dtype)
+        if self._isolated_batch is None or self._isolated_batch[0] != key:
+            atoms = [Atoms(numbers=[z]) for z in config.elements]
+            batch = batch_from_atoms(atoms, self.graph_settings, num_elements=self.num_elements, dtype=like.dtype)
+            self._isolated_batch = (key, batch.to(like.device))
+        batch = self._isolated_batch[1]
+        embedding = self.embed(batch, edge_embedding=False).node_embedding
+        table = embedding.new_zeros(self.num_elements + 1, embedding.shape[1])
+        return table.index_copy(0, batch.numbers, embedding)
+
     def forward(self, batch: AtomsBatch, compute_stress: bool = False, compute_forces: bool = True,
                 compute_spread: bool = False) -> dict:
         """Predictions for a batch: energy (B,), energies (N,), forces (N, 3), stress (B, 3, 3)
@@ -240,7 +268,8 @@ class FineTunedModel(JMPBackboneModel):
         inputs = StrainedInputs.prepare(batch.positions, batch.cell, batch.atom_batch, conservative, compute_stress)
         out = self.embed(batch, inputs.model_positions, inputs.model_cell,
                          edge_embedding=self._head_of_kind("direct_forces") is not None)
-        head_inputs = HeadInputs(out, batch.numbers, batch.atom_batch, batch.num_structures, compute_forces)
+        head_inputs = HeadInputs(out, batch.numbers, batch.atom_batch, batch.num_structures, compute_forces,
+                                 self._isolated_embedding(batch.positions))
         results: dict[str, torch.Tensor] = {}
         for head in self.heads.values():
             results.update(head(head_inputs))

@@ -95,7 +95,10 @@ class HeadInputs(NamedTuple):
 
     out: :class:`jmp_ase.nn.backbone.BackboneOutput` (node_embedding (N, D_atom),
     edge_embedding (E, D_edge), vector (E, 3), edge_index (2, E)); numbers (N,);
-    atom_batch (N,); num_structures B; compute_forces: whether forces are wanted.
+    atom_batch (N,); num_structures B; compute_forces: whether forces are wanted;
+    isolated: for models with ``isolated_atom_references``, the node embedding of each element
+    as an isolated atom (num_elements + 1, D_atom), row Z for element Z (rows of elements the
+    model does not know are zero); None otherwise.
     """
 
     out: object
@@ -103,6 +106,7 @@ class HeadInputs(NamedTuple):
     atom_batch: torch.Tensor
     num_structures: int
     compute_forces: bool
+    isolated: torch.Tensor | None = None
 
 
 class Head(nn.Module):
@@ -134,16 +138,27 @@ class Head(nn.Module):
         raise NotImplementedError
 
     # -- shared de-normalisation of node heads
-    def per_atom(self, node_embedding: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        """De-normalised per-atom contributions (N,) for sum pooling, raw (N,) otherwise."""
-        return self.denormalise(self.mlp(node_embedding)[:, 0], numbers)
+    def per_atom(self, node_embedding: torch.Tensor, numbers: torch.Tensor,
+                 isolated: torch.Tensor | None = None) -> torch.Tensor:
+        """De-normalised per-atom contributions (N,) for sum pooling, raw (N,) otherwise;
+        ``isolated``: see :meth:`denormalise` (``HeadInputs.isolated``)."""
+        raw_isolated = None if isolated is None else self.mlp(isolated)[:, 0]
+        return self.denormalise(self.mlp(node_embedding)[:, 0], numbers, raw_isolated)
 
-    def denormalise(self, raw: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        """``raw`` (..., N) MLP outputs -> per-atom contributions (sum pooling), else unchanged."""
+    def denormalise(self, raw: torch.Tensor, numbers: torch.Tensor,
+                    raw_isolated: torch.Tensor | None = None) -> torch.Tensor:
+        """``raw`` (..., N) MLP outputs -> per-atom contributions (sum pooling), else unchanged.
+
+        ``raw_isolated`` (..., num_elements + 1): the MLP's output for each element as an
+        isolated atom. Given, an atom contributes ``scale * (raw - raw_isolated[Z]) + ref[Z]``,
+        so an atom without neighbours has exactly its element reference."""
         spec = self.spec
         if spec.reduction != "sum":
             return raw
-        return spec.scale * raw + spec.shift + self.element_references.to(raw.dtype)[numbers]
+        references = self.element_references.to(raw.dtype)[numbers]
+        if raw_isolated is not None:
+            return spec.scale * (raw - raw_isolated[..., numbers]) + references
+        return spec.scale * raw + spec.shift + references
 
     def structure_value(self, per_atom, atom_batch, num_structures):
         """(B,) pooled and de-normalised prediction."""

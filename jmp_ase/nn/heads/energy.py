@@ -27,12 +27,17 @@ class EnergyHead(Head):
 
     def forward(self, inputs: HeadInputs):
         if self.spec.committee == 1:
-            per_atom = self.per_atom(inputs.out.node_embedding, inputs.numbers)
+            per_atom = self.per_atom(inputs.out.node_embedding, inputs.numbers, inputs.isolated)
             energy = self.structure_value(per_atom, inputs.atom_batch, inputs.num_structures)
             return {keys.ENERGY.name: energy, keys.ENERGIES.name: per_atom}
         x = inputs.out.node_embedding
-        raw = torch.stack([self.mlp(x)[:, 0]] + [m(x)[:, 0] for m in self.members])  # (K, N)
-        per_atom = self.denormalise(raw, inputs.numbers)
+        raw = self._member_outputs(x)  # (K, N)
+        raw_isolated = None if inputs.isolated is None else self._member_outputs(inputs.isolated)
+        per_atom = self.denormalise(raw, inputs.numbers, raw_isolated)
         members = torch.stack([self.structure_value(p, inputs.atom_batch, inputs.num_structures) for p in per_atom])
         return {keys.ENERGY.name: members.mean(0), keys.ENERGIES.name: per_atom.mean(0),
                 keys.ENERGY_STD.name: members.std(0, correction=0), keys.ENERGY_MEMBERS.name: members}
+
+    def _member_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, rows) raw outputs of the K members on node embeddings x (rows, D)."""
+        return torch.stack([self.mlp(x)[:, 0]] + [m(x)[:, 0] for m in self.members])
