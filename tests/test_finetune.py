@@ -60,6 +60,13 @@ def test_loss_terms_by_hand():
                                   {"energy": 0.5, "forces": 2.0, "stress": 0.1})
     assert terms["stress"].item() == pytest.approx(0.1)
     assert total.item() == pytest.approx(2 * (2 / 3) / 0.5 + 10 * 3 / 2 + 1 * 0.1 / 0.1)
+    # "mse": squared errors over σ² (forces: squared error norms); the logged terms stay MAEs
+    total, mse_terms = compute_losses(preds, targets, {"energy": 2.0, "forces": 10.0, "stress": 1.0},
+                                      {"energy": 0.5, "forces": 2.0, "stress": 0.1}, kind="mse")
+    assert total.item() == pytest.approx(2 * (2 / 3) / 0.25 + 10 * (25 + 1) / 2 / 4 + 1 * 0.01 / 0.01)
+    assert {k: v.item() for k, v in mse_terms.items()} == {k: v.item() for k, v in terms.items()}
+    with pytest.raises(ValueError, match="loss must be one of"):
+        compute_losses(preds, targets, {}, {}, kind="huber")
     sums = ErrorSums()
     sums.add({"forces": f_pred[:1]}, {"forces": f_true[:1]})
     sums.add({"forces": f_pred[1:]}, {"forces": f_true[1:]})

@@ -51,6 +51,10 @@ def test_bad_options_and_files(data, tmp_path):
     assert "--batch-size" in error_line(base(data, tmp_path / "a", "--batch-size", "0"))
     assert "--cutoff must be positive" in error_line(base(data, tmp_path / "a", "--cutoff", "-1"))
     assert "--qint-tags" in error_line(base(data, tmp_path / "a", "--qint-tags", "1,5"))
+    assert "element_references must map elements" in error_line(base(data, tmp_path / "a", "--element-references",
+                                                                      "H=-13.6,Qq=1"))
+    assert "needs an energy target" in error_line(base(data, tmp_path / "a", "--targets", "gap",
+                                                       "--isolated-atom-references"))
     line = error_line(base(data, tmp_path / "a", "--val", str(data / "empty.extxyz")))
     assert "--val" in line and "empty.extxyz" in line and "empty" in line
     line = error_line(["--pretrained", "jmp-mini", "--train", str(data / "energy-only.extxyz"), "--out",

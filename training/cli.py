@@ -67,6 +67,9 @@ ANTICIPATED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
 @click.option("--committee", type=int,
               help="K energy MLPs on one backbone pass, each trained on the labels: the energy is their mean and "
                    "the calculator gives energy_std and forces_std (K backward passes per training step).")
+@click.option("--loss", type=click.Choice(["mae", "mse"]),
+              help="mae (default, JMP's): absolute energy and force errors; mse: squared, as MACE, which weighs "
+                   "rare structures far from the bulk of the data more (validation loss stays MAE).")
 @click.option("--element-references",
               help="Energies (eV) of the isolated atoms at the labels' level of theory, e.g. H=-13.6,O=-432.1: "
                    "they replace the references fitted to the training energies.")

@@ -51,6 +51,9 @@ class FinetuneConfig:
     init_energy_head: str | None = None  # start the energy head from this pre-training head of the parent (head_init.py)
     force_error_limit: float = 100.0  # stop when a structure's force error exceeds this many force-label RMS
     loss_weights: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 1.0})
+    # "mae": JMP's absolute errors (force: error norm per atom); "mse": their squares over σ², as MACE
+    # (weighs rare structures far from the bulk of the data, e.g. high-energy ones, more); val_loss stays MAE
+    loss: str = "mae"
     # the last N of max_epochs form an energy-refinement stage (as MACE's stage two): loss weights
     # final_loss_weights, a constant rate lr * final_lr_factor, and the saved model is the best of that stage
     final_epochs: int = 0
@@ -122,6 +125,8 @@ class FinetuneConfig:
             raise ValueError(f"final_lr_factor must be positive, got {self.final_lr_factor}")
         if int(self.committee) < 1 or (int(self.committee) > 1 and self.direct_forces):
             raise ValueError(f"--committee must be at least 1 (and 1 with direct_forces), got {self.committee}")
+        if self.loss not in ("mae", "mse"):
+            raise ValueError(f"--loss must be mae or mse, got {self.loss!r}")
         if self.element_references is not None:
             self.element_references = parse_element_references(self.element_references)
         if self.isolated_atom_references and "energy" not in self.targets:

@@ -124,7 +124,7 @@ class FinetuneModule(L.LightningModule):
         self._batch_structures = atoms_batch.num_structures
         preds = self(atoms_batch)
         check_force_errors(preds, targets, atoms_batch, self.force_error_limit)
-        loss, terms = compute_losses(preds, targets, self.weights, self.scales)
+        loss, terms = compute_losses(preds, targets, self.weights, self.scales, self.config.loss)
         self._train.add(preds, targets)
         self._loss = loss.detach()
         self.log("loss", self._loss, prog_bar=True, batch_size=atoms_batch.num_structures)

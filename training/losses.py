@@ -9,8 +9,9 @@ on normalised targets, each structure predicted by its own data set's heads. JMP
 (``energy_loss_scale`` / ``force_loss_scale`` in ``tasks/pretrain/module.py``; its
 ``structurewise_loss_reduction=True``, mean reductions, all atoms, fixed ones included).
 
-Fine-tuning's losses (MAE for energy, stress and graph-level scalars, the mean Euclidean
-norm of the force error per atom) and its guard against diverging force errors are here too.
+Fine-tuning's losses (``"mae"``: MAE for energy, stress and graph-level scalars, the mean
+Euclidean norm of the force error per atom; ``"mse"``: their squares) and its guard against
+diverging force errors are here too.
 """
 from __future__ import annotations
 
@@ -71,8 +72,17 @@ def force_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).norm(dim=-1).mean()
 
 
-def compute_losses(preds: dict, targets: dict, weights: dict, scales: dict) -> tuple[torch.Tensor, dict]:
-    """Total loss Σ_t w_t L_t / σ_t and the unweighted per-target terms L_t (physical units).
+#: fine-tuning loss kinds (FinetuneConfig.loss)
+LOSS_KINDS = ("mae", "mse")
+
+
+def compute_losses(preds: dict, targets: dict, weights: dict, scales: dict,
+                   kind: str = "mae") -> tuple[torch.Tensor, dict]:
+    """Total loss and the per-target MAE terms L_t (physical units, for logs).
+
+    ``kind="mae"`` (JMP's): Σ_t w_t L_t / σ_t. ``"mse"``: Σ_t w_t S_t / σ_t², with S_t the mean
+    squared error (forces: the mean over atoms of the squared error norm), as MACE's loss: it
+    weighs the rare structures far from the data's bulk more than the MAE does.
 
     A committee (``energy_members`` (K, B), ``forces_members`` (K, N, 3) in ``preds``) trains every
     member on the labels: the total is the mean over members of each member's loss (stress: the
@@ -82,18 +92,28 @@ def compute_losses(preds: dict, targets: dict, weights: dict, scales: dict) -> t
         forces = preds.get("forces_members")
         total = sum(_weighted_loss({**preds, "energy": members[k],
                                     **({"forces": forces[k]} if forces is not None else {})},
-                                   targets, weights, scales)[0] for k in range(members.shape[0]))
-        return total / members.shape[0], _weighted_loss(preds, targets, weights, scales)[1]
-    return _weighted_loss(preds, targets, weights, scales)
+                                   targets, weights, scales, kind)[0] for k in range(members.shape[0]))
+        return total / members.shape[0], _weighted_loss(preds, targets, weights, scales, kind)[1]
+    return _weighted_loss(preds, targets, weights, scales, kind)
 
 
-def _weighted_loss(preds: dict, targets: dict, weights: dict, scales: dict) -> tuple[torch.Tensor, dict]:
+def _weighted_loss(preds: dict, targets: dict, weights: dict, scales: dict, kind: str) -> tuple[torch.Tensor, dict]:
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"loss must be one of {LOSS_KINDS}, got {kind!r}")
     terms = {}
     total = 0.0
     for name, target in targets.items():
-        loss_fn = force_loss if name == "forces" else energy_loss
-        terms[name] = loss_fn(preds[name], target)
-        total = total + weights.get(name, 1.0) * terms[name] / scales.get(name, 1.0)
+        scale = scales.get(name, 1.0)
+        if name == "forces":
+            norms = (preds[name] - target).norm(dim=-1)
+            terms[name] = norms.mean()
+            squared = (norms ** 2).mean() if kind == "mse" else None
+        else:
+            errors = preds[name] - target
+            terms[name] = errors.abs().mean()
+            squared = (errors ** 2).mean() if kind == "mse" else None
+        term = terms[name] / scale if kind == "mae" else squared / scale ** 2
+        total = total + weights.get(name, 1.0) * term
     return total, terms
 
 
