@@ -2,11 +2,14 @@
 
 Velocities are drawn from a Maxwell-Boltzmann distribution at --temperature (no net
 momentum or rotation). The energy drift is the slope of a linear fit of the total energy
-against time, in meV/atom/ps; the plot shows total, potential and kinetic energy.
+against time, in meV/atom/ps; the largest change of the total energy between two records
+(every --interval steps) shows jumps where the potential is not smooth. The plot shows
+total, potential and kinetic energy.
 """
 from __future__ import annotations
 
 import _common as common
+import numpy as np
 from ase import units
 from ase.md.verlet import VelocityVerlet
 
@@ -39,8 +42,9 @@ def main(argv=None) -> float:
         etot = epot + ekin
         drift = common.energy_drift(t, etot, len(atoms))
         spread = 1000 * (etot.max() - etot.min()) / len(atoms)
+        jump = 1000 * float(np.abs(np.diff(etot)).max()) if len(etot) > 1 else float("nan")
         run.log(f"# energy drift: {drift:.3f} meV/atom/ps (linear fit over {t[-1]:.3f} ps); "
-                f"total energy range {spread:.3f} meV/atom")
+                f"total energy range {spread:.3f} meV/atom; largest change between records {jump:.3f} meV")
         common.plot(run.png_path, t, "time (ps)", [
             common.Panel("total E - E(0) (eV)", {"total": etot - etot[0]}, hline=0.0),
             common.Panel("E - E(0) (eV)", {"potential": epot - epot[0], "kinetic": ekin - ekin[0]}),

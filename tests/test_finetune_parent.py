@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from ase.build import add_adsorbate, fcc111
+from ase.cluster import Icosahedron
 from ase.calculators.emt import EMT
 from ase.neighborlist import neighbor_list
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -113,16 +114,46 @@ def test_explicit_settings_override_the_parent(parent, tmp_path, monkeypatch, ca
         _run(parent, tmp_path / "too-far", monkeypatch, cutoff=5.0)
 
 
+def icosahedra(n: int, seed: int = 0):
+    """Rattled Cu13 icosahedra (the centre has 12 neighbours within 5 Å) with EMT labels and a made-up gap."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = Icosahedron("Cu", 2)
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        atoms.info["gap"] = 1.0 + 0.1 * rng.normal()
+        frames.append(atoms)
+    return frames
+
+
 def test_cli_jmp_mini_without_graph_options(tmp_path):
-    ase.io.write(tmp_path / "train.extxyz", emt_clusters(10, 0, gap=False), format="extxyz")
-    result = CliRunner().invoke(main, ["finetune", "--pretrained", "jmp-mini", "--train",
-                                       str(tmp_path / "train.extxyz"), "--targets", "energy,forces",
-                                       "--max-epochs", "1", "--batch-size", "5", "--accelerator", "cpu",
-                                       "--out", str(tmp_path / "run"), "--no-progress"])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    assert "cutoff 5 Å (parent), max_neighbors 16 (parent)" in result.output
-    model = load_model(tmp_path / "run" / "model.ckpt")
-    assert (model.model_config.cutoff, model.model_config.max_neighbors) == (5.0, 16)
+    """Molecules and clusters (no periodic structure) with an energy target: untruncated by default
+    where that exceeds the parent's limit, so the model's energy is continuous; a graph-level
+    target keeps the parent's 16 neighbours, as do periodic data
+    (test_training_and_inference_graphs_are_identical)."""
+    ase.io.write(tmp_path / "small.extxyz", emt_clusters(10, 0), format="extxyz")
+    ase.io.write(tmp_path / "icosahedra.extxyz", icosahedra(10), format="extxyz")
+
+    def run(out, data, targets):
+        result = CliRunner().invoke(main, ["finetune", "--pretrained", "jmp-mini", "--train",
+                                           str(tmp_path / data), "--targets", targets,
+                                           "--max-epochs", "1", "--batch-size", "5", "--accelerator", "cpu",
+                                           "--out", str(tmp_path / out), "--no-progress"])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return result.output, load_model(tmp_path / out / "model.ckpt").model_config
+
+    output, config = run("ico", "icosahedra.extxyz", "energy,forces")
+    assert "cutoff 5 Å (parent), max_neighbors 45 (untruncated: up to 12 neighbours within 5 Å in the " \
+           "training data (default for molecules))" in output
+    assert (config.cutoff, config.max_neighbors) == (5.0, 45)
+    output, config = run("small", "small.extxyz", "energy,forces")
+    assert "max_neighbors 16 (parent, which truncates no training structure)" in output
+    assert config.max_neighbors == 16
+    output, config = run("gap", "icosahedra.extxyz", "gap")
+    assert "cutoff 5 Å (parent), max_neighbors 16 (parent)," in output
+    assert (config.cutoff, config.max_neighbors) == (5.0, 16)
 
 
 def test_untruncated_max_neighbors_keeps_every_neighbour_of_the_training_data(parent, tmp_path, monkeypatch, capsys):

@@ -114,22 +114,43 @@ def smooth_dihedral_setting(config: FinetuneConfig) -> bool:
 
 
 def _graph(config: FinetuneConfig, parent: Parent | None):
-    """(backbone, GraphSettings, sources) of the run: options, else the parent's, else defaults."""
+    """(backbone, GraphSettings, sources) of the run: options, else the parent's, else defaults.
+
+    ``max_neighbors`` not given: a model of the energy surface (forces -dE/dr) trained on
+    molecules alone takes the untruncated limit where it exceeds the parent's (a continuous
+    energy for MD; a molecule's graphs stay small); one with any periodic training structure keeps the parent's (untruncated slab
+    or crystal graphs cost several times the memory and time), as do direct-force and
+    graph-level scalar models."""
     parent = parent or parent_of(config)
     backbone, values, sources = graph_settings(config, parent)
     if values["max_neighbors"] == UNTRUNCATED:
         values["max_neighbors"], sources["max_neighbors"] = untruncated_max_neighbors(config, values["cutoff"])
+    elif sources["max_neighbors"] != "option" and models_energy_surface(config):
+        scan = untruncated_max_neighbors(config, values["cutoff"], molecules_only=True)
+        if scan is not None and scan[0] > values["max_neighbors"]:
+            values["max_neighbors"], sources["max_neighbors"] = scan[0], scan[1] + " (default for molecules)"
+        elif scan is not None:
+            sources["max_neighbors"] += ", which truncates no training structure"
     return backbone, GraphSettings(cutoff=values["cutoff"], max_neighbors=values["max_neighbors"],
                                    qint_tags=tuple(backbone.qint_tags), tags=values["tags"],
                                    neighbor_order=NEW_MODEL_NEIGHBOR_ORDER), sources
 
 
-def untruncated_max_neighbors(config: FinetuneConfig, cutoff: float) -> tuple[int, str]:
+def models_energy_surface(config: FinetuneConfig) -> bool:
+    """Whether the run trains an energy whose -dE/dr are the model's forces (for MD, relaxations)."""
+    return any(t in ENERGY_AND_DERIVATIVES for t in config.targets) and not config.direct_forces
+
+
+def untruncated_max_neighbors(config: FinetuneConfig, cutoff: float,
+                              molecules_only: bool = False) -> tuple[int, str] | None:
     """(max_neighbors, where it came from) under which no training structure is truncated in any
-    of the four graphs: the energy is then a continuous function of the training geometries."""
+    of the four graphs: the energy is then a continuous function of the training geometries.
+    ``molecules_only``: None as soon as a periodic training structure turns up."""
     count = 0
     for path in [config.train] if isinstance(config.train, (str, os.PathLike)) else config.train:
         for atoms in open_structures(path, config.format, config.streaming):
+            if molecules_only and atoms.pbc.any():
+                return None
             count = max(count, largest_neighbor_count(atoms, cutoff))
     value = max_neighbors_keeping(count)
     return value, f"untruncated: up to {count} neighbours within {cutoff:g} Å in the training data"
