@@ -76,5 +76,8 @@ def test_every_pretraining_field_has_a_docstring():
                 assert documented, f"{cls.name}.{node.target.id} has no docstring"
 
 
-def test_shipped_pretraining_configs_load():
-    PretrainConfig.from_yaml(Path(__file__).parents[1] / "benchmarks" / "mini_jmp" / "pretrain.yaml")
+def test_shipped_configs_load():
+    root = Path(__file__).parents[1]
+    PretrainConfig.from_yaml(root / "benchmarks" / "mini_jmp" / "pretrain.yaml")
+    example = FinetuneConfig.from_yaml(root / "configs" / "finetune-aspirin.yaml")
+    assert example.loss == "mse" and example.max_neighbors is None

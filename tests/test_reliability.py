@@ -120,15 +120,22 @@ def permutation_spread(calc, structures, permutations: int = 3, seed: int = 0):
 quiet = pytest.mark.filterwarnings("ignore::jmp_ase.calculators.calculator.NeighborLimitWarning")
 
 
+def aspirin_model_with_16_neighbours():
+    """jmp-mini-aspirin's weights on graphs of 16 neighbours at 5 Å, which truncate aspirin's
+    neighbour lists (as the first shipped models' graphs did)."""
+    model = load_model("jmp-mini-aspirin")
+    model.model_config.max_neighbors = 16
+    return model
+
+
 @quiet
 def test_canonical_order_makes_aspirin_independent_of_atom_order():
-    """jmp-mini-aspirin (5 Å, 16 neighbours) truncates aspirin's neighbour lists."""
     frames = aspirin()
-    canonical = JMPCalculator("jmp-mini-aspirin", dtype="float64", neighbor_order="canonical")
+    canonical = JMPCalculator(aspirin_model_with_16_neighbours(), dtype="float64", neighbor_order="canonical")
     de, df = permutation_spread(canonical, frames)
     assert de < 1e-9 and df < 1e-9, (de, df)
     # The same inputs under JMP's rule: the test does exercise the truncation.
-    jmp = JMPCalculator("jmp-mini-aspirin", dtype="float64", neighbor_order="jmp")
+    jmp = JMPCalculator(aspirin_model_with_16_neighbours(), dtype="float64", neighbor_order="jmp")
     de, df = permutation_spread(jmp, frames)
     assert de > 1e-4 and df > 1e-3, (de, df)
 
@@ -218,7 +225,8 @@ def test_neighbor_order_defaults_keep_jmp_behaviour():
     assert load_model("jmp-mini-aspirin").graph_settings.neighbor_order == "canonical"  # moved by regraph.py
     assert JMPCalculator.from_jmp_checkpoint("jmp-mini", head="molecules-gfn2").graph_settings.neighbor_order == "jmp"
     calc = JMPCalculator("jmp-mini-aspirin", neighbor_order="jmp")
-    assert calc.graph_settings.neighbor_order == "jmp" and calc.graph_settings.max_neighbors == 16
+    assert calc.graph_settings.neighbor_order == "jmp"
+    assert calc.graph_settings.max_neighbors == load_model("jmp-mini-aspirin").model_config.max_neighbors
 
 
 # --------------------------------------------------------------------------------------
@@ -268,8 +276,8 @@ def test_float32_force_error_does_not_depend_on_position():
     """Before: 2.3e-4 to 4.2e-4 relative force error away from the origin, 1.0e-6 at it."""
     mol = aspirin(1)[0]
     mol.positions -= mol.positions.mean(axis=0)
-    reference = JMPCalculator("jmp-mini-aspirin", dtype="float64").predict([mol], ["forces"])[0]["forces"]
-    single = JMPCalculator("jmp-mini-aspirin", dtype="float32")
+    reference = JMPCalculator(aspirin_model_with_16_neighbours(), dtype="float64").predict([mol], ["forces"])[0]["forces"]
+    single = JMPCalculator(aspirin_model_with_16_neighbours(), dtype="float32")
 
     def relative_error(atoms):
         forces = single.predict([atoms], ["forces"])[0]["forces"]
