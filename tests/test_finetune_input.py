@@ -53,7 +53,7 @@ def test_bad_options_and_files(data, tmp_path):
     assert "--qint-tags" in error_line(base(data, tmp_path / "a", "--qint-tags", "1,5"))
     assert "element_references must map elements" in error_line(base(data, tmp_path / "a", "--element-references",
                                                                       "H=-13.6,Qq=1"))
-    assert "needs an energy target" in error_line(base(data, tmp_path / "a", "--targets", "gap",
+    assert "needs an energy head" in error_line(base(data, tmp_path / "a", "--targets", "gap",
                                                        "--isolated-atom-references"))
     line = error_line(base(data, tmp_path / "a", "--val", str(data / "empty.extxyz")))
     assert "--val" in line and "empty.extxyz" in line and "empty" in line

@@ -124,5 +124,5 @@ def test_finetune_with_given_references(tmp_path):
     with pytest.raises(ValueError, match=r"lacks training element\(s\) \[78\]"):
         run_finetune(FinetuneConfig.from_dict(dict(settings, element_references={"Cu": -0.5},
                                                    out=str(tmp_path / "run2"))))
-    with pytest.raises(ValueError, match="needs an energy target"):
+    with pytest.raises(ValueError, match="needs an energy head"):
         FinetuneConfig.from_dict(dict(settings, targets=["homo_lumo_gap"]))

@@ -118,9 +118,9 @@ def _graph(config: FinetuneConfig, parent: Parent | None):
 
     ``max_neighbors`` not given: a model of the energy surface (forces -dE/dr) trained on
     molecules alone takes the untruncated limit where it exceeds the parent's (a continuous
-    energy for MD; a molecule's graphs stay small); one with any periodic training structure keeps the parent's (untruncated slab
-    or crystal graphs cost several times the memory and time), as do direct-force and
-    graph-level scalar models."""
+    energy for MD; a molecule's graphs stay small); one with any periodic training structure
+    keeps the parent's (untruncated slab or crystal graphs cost several times the memory and
+    time), as do direct-force and graph-level scalar models."""
     parent = parent or parent_of(config)
     backbone, values, sources = graph_settings(config, parent)
     if values["max_neighbors"] == UNTRUNCATED:

@@ -12,6 +12,8 @@ GRAPH_SETTINGS = ("cutoff", "max_neighbors", "tags", "qint_tags")
 #: max_neighbors value: the smallest limit under which no training structure loses a neighbour
 UNTRUNCATED = "untruncated"
 TAG_RULES = ("ignore", "oc20")
+#: fine-tuning losses (FinetuneConfig.loss; computed in losses.py)
+LOSS_KINDS = ("mae", "mse")
 
 
 @dataclass
@@ -125,12 +127,12 @@ class FinetuneConfig:
             raise ValueError(f"final_lr_factor must be positive, got {self.final_lr_factor}")
         if int(self.committee) < 1 or (int(self.committee) > 1 and self.direct_forces):
             raise ValueError(f"--committee must be at least 1 (and 1 with direct_forces), got {self.committee}")
-        if self.loss not in ("mae", "mse"):
-            raise ValueError(f"--loss must be mae or mse, got {self.loss!r}")
+        if self.loss not in LOSS_KINDS:
+            raise ValueError(f"--loss must be one of {LOSS_KINDS}, got {self.loss!r}")
         if self.element_references is not None:
             self.element_references = parse_element_references(self.element_references)
-        if self.isolated_atom_references and "energy" not in self.targets:
-            raise ValueError("--isolated-atom-references needs an energy target")
+        if self.isolated_atom_references and not {"energy", "forces", "stress"} & set(self.targets):
+            raise ValueError("--isolated-atom-references needs an energy head (energy, forces or stress targets)")
         if self.eval_batch_size is not None and int(self.eval_batch_size) < 1:
             raise ValueError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
         if not float(self.lr) > 0:

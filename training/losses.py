@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from jmp_ase.nn.layers import scatter_sum
+from jmp_ase.training.finetune_config import LOSS_KINDS
 
 
 @dataclass
@@ -70,10 +71,6 @@ def energy_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def force_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over atoms of the Euclidean norm of the force error (JMP's L2-MAE)."""
     return (pred - target).norm(dim=-1).mean()
-
-
-#: fine-tuning loss kinds (FinetuneConfig.loss)
-LOSS_KINDS = ("mae", "mse")
 
 
 def compute_losses(preds: dict, targets: dict, weights: dict, scales: dict,
