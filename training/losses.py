@@ -63,14 +63,21 @@ def per_task_means(values: torch.Tensor, task: torch.Tensor, num_tasks: int) -> 
 
 
 # ----------------------------------------------------------------------------- fine-tuning
+def error_sizes(name: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Size of each error: the Euclidean norm of every atom's force error for ``"forces"``,
+    the absolute error of every component for any other target (energy, stress, scalars)."""
+    diff = pred - target
+    return diff.norm(dim=-1) if name == "forces" else diff.abs()
+
+
 def energy_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MAE over structures (also used for stress components and graph-level scalars)."""
-    return (pred - target).abs().mean()
+    return error_sizes("energy", pred, target).mean()
 
 
 def force_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over atoms of the Euclidean norm of the force error (JMP's L2-MAE)."""
-    return (pred - target).norm(dim=-1).mean()
+    return error_sizes("forces", pred, target).mean()
 
 
 def compute_losses(preds: dict, targets: dict, weights: dict, scales: dict,
@@ -84,6 +91,8 @@ def compute_losses(preds: dict, targets: dict, weights: dict, scales: dict,
     A committee (``energy_members`` (K, B), ``forces_members`` (K, N, 3) in ``preds``) trains every
     member on the labels: the total is the mean over members of each member's loss (stress: the
     members' mean); the terms are those of the committee's mean prediction."""
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"loss must be one of {LOSS_KINDS}, got {kind!r}")
     members = preds.get("energy_members")
     if members is not None:
         forces = preds.get("forces_members")
@@ -95,21 +104,13 @@ def compute_losses(preds: dict, targets: dict, weights: dict, scales: dict,
 
 
 def _weighted_loss(preds: dict, targets: dict, weights: dict, scales: dict, kind: str) -> tuple[torch.Tensor, dict]:
-    if kind not in LOSS_KINDS:
-        raise ValueError(f"loss must be one of {LOSS_KINDS}, got {kind!r}")
     terms = {}
     total = 0.0
     for name, target in targets.items():
         scale = scales.get(name, 1.0)
-        if name == "forces":
-            norms = (preds[name] - target).norm(dim=-1)
-            terms[name] = norms.mean()
-            squared = (norms ** 2).mean() if kind == "mse" else None
-        else:
-            errors = preds[name] - target
-            terms[name] = errors.abs().mean()
-            squared = (errors ** 2).mean() if kind == "mse" else None
-        term = terms[name] / scale if kind == "mae" else squared / scale ** 2
+        sizes = error_sizes(name, preds[name], target)
+        terms[name] = sizes.mean()
+        term = terms[name] / scale if kind == "mae" else (sizes ** 2).mean() / scale ** 2
         total = total + weights.get(name, 1.0) * term
     return total, terms
 
