@@ -70,7 +70,8 @@ def finetune_config(task: dict, common: dict, data: Path, out: Path, lr: float, 
     """A complete FinetuneConfig dict for one run."""
     cfg = {k: v for k, v in common.items() if k != "warmup_fraction"}
     cfg.update({k: v for k, v in task.items()
-                if k not in ("mirrors", "metrics", "name", "train_slice", "val_slice", "lr", "warmup_fraction")})
+                if k not in ("mirrors", "metrics", "name", "train_slice", "val_slice", "lr", "warmup_fraction",
+                             "learning_rates", "finetune")})
     for split in ("train", "val", "test"):
         cfg[split] = str(task[split]) if Path(task[split]).is_absolute() else str(data / task[split])
     cfg["test"] = None  # the driver meets the test set only with the selected model
@@ -79,8 +80,11 @@ def finetune_config(task: dict, common: dict, data: Path, out: Path, lr: float, 
     cfg.update(lr=float(lr), out=str(out), accelerator="cpu", devices=1, progress=False)
     if scratch:
         cfg.update(scratch=True, pretrained=None, backbone=load_yaml(HERE / "pretrain.yaml")["model"]["backbone"])
-    else:
-        cfg.update(scratch=False, pretrained=str(pretrained), ema=True)
+    else:  # settings that need a parent (e.g. init_energy_head) apply to this side only
+        # a run's own pre-training checkpoint holds EMA weights beside the raw ones; a given model
+        # (--pretrained, e.g. the shipped jmp-mini) has them as its weights already
+        cfg.update(scratch=False, pretrained=str(pretrained), ema=Path(str(pretrained)).name == "pretrain.ckpt",
+                   **task.get("finetune", {}))
     return cfg
 
 
@@ -106,27 +110,30 @@ def quick_task(task: dict, data: Path, folder: Path) -> dict:
 def plan(args) -> tuple[list[Job], dict]:
     spec = load_yaml(HERE / "tasks.yaml")
     out, data = args.out, args.data
-    pretrained = out / "pretrain" / "pretrain.ckpt"
     cli = [sys.executable, "-m", "jmp_ase.training.cli"]
     jobs = []
     configs = out / "configs"
     configs.mkdir(parents=True, exist_ok=True)
-    pt = configs / "pretrain.yaml"
-    pt.write_text(yaml.safe_dump(pretrain_config(data, out, args.quick), sort_keys=False))
-    jobs.append(Job("pretrain", cli + ["pretrain", str(pt)]))
+    if args.pretrained:  # an existing pre-trained model: no pre-training job
+        pretrained = args.pretrained
+    else:
+        pretrained = out / "pretrain" / "pretrain.ckpt"
+        pt = configs / "pretrain.yaml"
+        pt.write_text(yaml.safe_dump(pretrain_config(data, out, args.quick), sort_keys=False))
+        jobs.append(Job("pretrain", cli + ["pretrain", str(pt)]))
     tasks = {name: spec["tasks"][name] for name in args.tasks}
     if args.quick:
         tasks = {name: quick_task(t, data, out / "quick-data" / name) for name, t in tasks.items()}
-    lrs = spec["learning_rates"][:1] if args.quick else spec["learning_rates"]
     by_cost = sorted(tasks, key=lambda n: -tasks[n]["max_epochs"] * _size(data, tasks[n]["train"]))
     for scratch in (True, False):
         for name in by_cost:
-            for lr in lrs:
+            lrs = tasks[name].get("learning_rates", spec["learning_rates"])
+            for lr in lrs[:1] if args.quick else lrs:
                 run = f"{name}/{'scratch' if scratch else 'finetune'}-lr{lr:g}"
                 path = configs / f"{run.replace('/', '--')}.yaml"
                 cfg = finetune_config(tasks[name], spec["common"], data, out / run, lr, scratch, pretrained)
                 path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-                job = Job(run, cli + ["finetune", str(path)], needs_pretrain=not scratch)
+                job = Job(run, cli + ["finetune", str(path)], needs_pretrain=not (scratch or args.pretrained))
                 job.info = {"task": name, "lr": lr, "side": "scratch" if scratch else "finetune", "out": out / run}
                 jobs.append(job)
     for name, ship in (spec.get("ship") or {}).items():
@@ -144,7 +151,7 @@ def plan(args) -> tuple[list[Job], dict]:
         cfg = finetune_config(ship, spec["common"], data, out / run, ship["lr"], False, pretrained)
         path = configs / f"ship--{ship['name']}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        job = Job(run, cli + ["finetune", str(path)], needs_pretrain=True)
+        job = Job(run, cli + ["finetune", str(path)], needs_pretrain=not args.pretrained)
         job.info = {"task": name, "ship": ship, "out": out / run, "test": cfg_test(ship, data)}
         jobs.append(job)
     return jobs, {"spec": spec, "tasks": tasks, "pretrained": pretrained}
@@ -266,10 +273,11 @@ def results_markdown(results: dict) -> str:
     lines = ["# Mini-JMP: pre-trained vs from scratch", "",
              f"Machine: {results['machine']}. Command: `{results['command']}`. "
              f"Total wall time {results['total_wall_s'] / 60:.1f} min "
-             f"(pre-training {results['pretrain']['wall_s'] / 60:.1f} min, {results['lanes']} runs at a time, "
+             f"({pretraining_text(results['pretrain'])}, {results['lanes']} runs at a time, "
              f"{results['threads']} thread each).", "",
              "Test MAE of the model with the best validation loss over the learning rates "
-             f"{results['learning_rates']} (each side chooses its own), same epochs and schedule on both sides.", "",
+             f"{results['learning_rates']} unless a task names its own (each side chooses its own), "
+             "same epochs, loss and schedule on both sides.", "",
              "| task | mirrors | metric | scratch | fine-tuned | improvement | scratch wall | fine-tune wall "
              "| fine-tune time to scratch's best val |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -289,17 +297,28 @@ def results_markdown(results: dict) -> str:
     if mean is not None:
         lines += ["", f"Mean improvement of the main metric over the tasks: {100 * mean:+.0f} % "
                       "(the paper: 59 % on average over its downstream tasks)."]
+    if "common" in results:  # runs before 2026-12-02 did not record their recipe
+        lines += ["", "Recipe: " + ", ".join(f"{k} {v}" for k, v in results["common"].items()) + "; per task:"]
+        lines += [f"- {name}: " + ", ".join(f"{k} {v}" for k, v in r.get("recipe", {}).items())
+                  for name, r in results["tasks"].items()]
     lines += ["", "Learning curves (validation error against wall time of the selected runs): "
               "`learning_curves.png`. Validation curves of every run: `results.json`.", "",
               "## Every run", "", "| run | learning rate | epochs | best validation loss | wall time |",
               "|---|---|---|---|---|"]
-    lines.append(f"| pretrain | | | | {results['pretrain']['wall_s']:.0f} s |")
+    if results["pretrain"].get("wall_s") is not None:
+        lines.append(f"| pretrain | | | | {results['pretrain']['wall_s']:.0f} s |")
     for name, r in results["tasks"].items():
         for run, info in r["runs"].items():
             loss = "failed" if info["best_val_loss"] is None else f"{info['best_val_loss']:.4g}"
             lines.append(f"| {name}/{run} | {info['lr']:g} | {info['epochs']} | {loss} | {info['wall_s']:.0f} s |")
     lines.append("")
     return "\n".join(lines)
+
+
+def pretraining_text(pretrain: dict) -> str:
+    if pretrain.get("wall_s") is None:
+        return f"no pre-training: the fine-tuned side starts from {pretrain['model']}"
+    return f"pre-training {pretrain['wall_s'] / 60:.1f} min"
 
 
 def write_report(results: dict, folder: Path) -> None:
@@ -352,6 +371,9 @@ def main(argv=None) -> None:
     parser.add_argument("--ship", action="store_true",
                         help="then write the shipped models into jmp_ase/models (ship.py; test slices to tests/data)")
     parser.add_argument("--quick", action="store_true", help="a 1-minute smoke run on a few structures")
+    parser.add_argument("--pretrained", default=None,
+                        help="fine-tune from this pre-trained model (file or shipped name, e.g. jmp-mini) "
+                             "instead of pre-training first")
     parser.add_argument("--report", type=Path, default=None,
                         help="only rewrite results.md and the plot from this results.json")
     args = parser.parse_args(argv)
@@ -359,6 +381,8 @@ def main(argv=None) -> None:
         if args.quick:
             parser.error("--update-results with --quick would replace the committed results by a smoke run")
         args.results = HERE
+    if args.ship and args.pretrained:
+        parser.error("--ship ships the run's own pre-training as jmp-mini; it needs a run without --pretrained")
     if args.report is not None:
         write_report(json.loads(args.report.read_text()), args.results or args.report.parent)
         return
@@ -367,7 +391,7 @@ def main(argv=None) -> None:
     if not (args.data / "catalysis-emt" / "train.extxyz").is_file():
         raise SystemExit(f"Error: --data {args.data} is not the mini-JMP corpus (no catalysis-emt/train.extxyz); "
                          "it is not in the repository: see benchmarks/README.md, 'The mini-JMP corpus'")
-    if (args.out / "pretrain").exists():
+    if (args.out / "pretrain").exists() or (args.out / "configs").exists():
         parser.error(f"{args.out} already holds a run; remove it or give another --out")
     spec = load_yaml(HERE / "tasks.yaml")
     args.tasks = args.tasks or list(spec["tasks"])
@@ -377,19 +401,23 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     jobs, info = plan(args)
     run_jobs(jobs, args.out, args.lanes, args.threads)
-    pretrain = jobs[0]
-    if not pretrain.ok:
+    if args.pretrained:
+        pretrain = {"model": str(args.pretrained), "wall_s": None, "validation": None}
+    elif not jobs[0].ok:
         sys.exit(f"pre-training failed: see {args.out / 'pretrain' / 'log.txt'}")
+    else:
+        pretrain = {"model": str(info["pretrained"]), "wall_s": round(jobs[0].wall_s, 1),
+                    "validation": pretrain_validation(args.out)}
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                           f"{platform.system()}", "command": " ".join(["python", "benchmarks/mini_jmp/run.py", *(argv or sys.argv[1:])]),
                "quick": args.quick, "lanes": args.lanes, "threads": args.threads,
-               "learning_rates": spec["learning_rates"],
-               "pretrain": {"wall_s": round(pretrain.wall_s, 1), "validation": pretrain_validation(args.out)},
+               "learning_rates": spec["learning_rates"], "common": spec["common"], "pretrain": pretrain,
                "tasks": {}}
     for name, task in info["tasks"].items():
         runs = [j for j in jobs if j.info.get("task") == name and "side" in j.info]
         r = summarise_task(task, runs, args.data, args.threads)
         r["units"] = task["metrics"]
+        r["recipe"] = {k: v for k, v in task.items() if k not in ("mirrors", "metrics", "train", "val", "test")}
         results["tasks"][name] = r
     gains = [r["improvement"][r["metric"]] for r in results["tasks"].values() if "improvement" in r]
     results["mean_improvement"] = sum(gains) / len(gains) if gains else None
