@@ -68,3 +68,50 @@ def test_make_data_xtb_sets_with_tblite(tmp_path):
         assert frames and not frames[0].pbc.any()
         assert frames[0].info["config_type"].startswith(f"{kind}-sigma") and frames[0].get_forces().shape[1] == 3
         assert json.loads((folder / "generation.json").read_text())["labeller"] == "tblite GFN2-xTB"
+
+
+def test_bulk_emt_writes_stress_labelled_crystals(tmp_path):
+    """bulk_emt.py (the data of jmp-mini-bulk): three splits of 3-D periodic fcc cells whose stored
+    energy, forces and stress are EMT's; perfect crystals among them (zero forces)."""
+    proc = subprocess.run([sys.executable, str(MINI / "bulk_emt.py"), "--structures", "40", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    frames = {split: read(tmp_path / "bulk-emt" / f"{split}.extxyz", ":") for split in ("train", "val", "test")}
+    assert {k: len(v) for k, v in frames.items()} == {"train": 28, "val": 4, "test": 8}
+    everything = [a for v in frames.values() for a in v]
+    assert all(a.pbc.all() for a in everything)
+    assert any(np.abs(a.get_forces()).max() < 1e-8 for a in everything)  # unrattled cells
+    assert len({a.get_chemical_formula() for a in everything}) > 5
+    for atoms in everything[:5]:
+        reference = atoms.copy()
+        reference.calc = EMT()
+        assert np.isclose(atoms.get_potential_energy(), reference.get_potential_energy(), atol=1e-6)
+        assert np.allclose(atoms.get_forces(), reference.get_forces(), atol=1e-5)
+        assert np.allclose(atoms.get_stress(), reference.get_stress(), atol=1e-6)
+    proc = subprocess.run([sys.executable, str(MINI / "bulk_emt.py"), "--structures", "3", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode != 0 and "--structures" in proc.stderr
+
+
+def test_run_plan_from_a_given_pretrained_model(tmp_path):
+    """run.py --pretrained: no pre-training job, the fine-tuned side starts from the given model
+    (its weights, not EMA copies) with the task's parent-only settings; scratch runs never get them."""
+    sys.path.insert(0, str(MINI))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(MINI))
+    spec = run.load_yaml(MINI / "tasks.yaml")
+    task = spec["tasks"]["aspirin-50"]
+    fine = run.finetune_config(task, spec["common"], tmp_path, tmp_path / "f", 2e-3, False, "jmp-mini")
+    scratch = run.finetune_config(task, spec["common"], tmp_path, tmp_path / "s", 2e-3, True, "jmp-mini")
+    assert fine["pretrained"] == "jmp-mini" and fine["ema"] is False
+    assert fine["init_energy_head"] == "molecules-gfn2" and "init_energy_head" not in scratch
+    assert fine["loss"] == scratch["loss"] == "mse" and fine["max_epochs"] == scratch["max_epochs"]
+    assert "finetune" not in fine and "learning_rates" not in fine
+    own = run.finetune_config(task, spec["common"], tmp_path, tmp_path / "o", 2e-3, False,
+                              tmp_path / "pretrain" / "pretrain.ckpt")
+    assert own["ema"] is True
+    proc = subprocess.run([sys.executable, str(MINI / "run.py"), "--pretrained", "jmp-mini", "--ship",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode != 0 and "--ship" in proc.stderr

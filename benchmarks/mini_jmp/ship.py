@@ -9,7 +9,9 @@ Reads ``results.json`` (run.py's) and the run folder, then writes to ``--models`
   checkpoint layout, with the EMA weights as the weights (usable as ``--pretrained jmp-mini``
   and through ``JMPCalculator.from_jmp_checkpoint("jmp-mini", head="molecules-gfn2")``);
 - ``jmp-mini-aspirin.ckpt``: the selected fine-tuned aspirin-1000 model;
-- ``jmp-mini-catalysis.ckpt``: jmp-mini fine-tuned on catalysis-emt (energy, conservative forces).
+- ``jmp-mini-catalysis.ckpt``: jmp-mini fine-tuned on catalysis-emt (energy, conservative forces);
+- ``jmp-mini-bulk.ckpt`` (``--bulk MODEL``, trained apart: bulk.yaml on bulk_emt.py's data): the
+  materials model of the NPT and cell-relaxation examples (energy, forces, stress).
 
 Every file records its data, recipe and test errors: on the full test set and on the first 20
 test structures, which are copied to ``--test-data`` so that tests/test_shipped_models.py
@@ -110,7 +112,8 @@ def ship_finetuned(name: str, model_path: Path, dataset: str, extra: dict, data:
     model.model_config.provenance.update({
         "name": name, "status": "mini-JMP: jmp-mini (pre-trained) fine-tuned on " + dataset,
         "parent": "jmp-mini", "made_by": "benchmarks/mini_jmp/run.py (tasks.yaml)",
-        "errors": "energy MAE eV per structure, forces MAE eV/Å per component (conservative forces)",
+        "errors": "energy MAE eV per structure, forces MAE eV/Å per component (conservative forces)"
+                  + (", stress MAE eV/Å³ per Voigt component" if "stress_mae" in measured["test"] else ""),
         **extra, **measured})
     save_model(model, models / f"{name}.ckpt")
     return measured
@@ -142,13 +145,24 @@ def main(argv=None) -> None:
     parser.add_argument("--test-data", type=Path, default=REPO / "tests" / "data" / "shipped")
     parser.add_argument("--aspirin", type=Path, default=None, metavar="MODEL",
                         help="re-ship only jmp-mini-aspirin, from this fine-tuned model file")
-    parser.add_argument("--recipe", default="", help="with --aspirin: how MODEL was made (recorded)")
+    parser.add_argument("--bulk", type=Path, default=None, metavar="MODEL",
+                        help="ship only jmp-mini-bulk, from this model fine-tuned with bulk.yaml; --data is then "
+                             "bulk_emt.py's --out folder (it holds bulk-emt/)")
+    parser.add_argument("--recipe", default="", help="with --aspirin or --bulk: how MODEL was made (recorded)")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         raise SystemExit(f"Error: --data {args.data} is not a folder (the mini-JMP corpus)")
+    sys.path.insert(0, str(HERE.parent))
+    from backbone_speed import machine
+
+    if args.bulk is not None:
+        generation = json.loads((args.data / "bulk-emt" / "generation.json").read_text())
+        ship_finetuned("jmp-mini-bulk", args.bulk, "bulk-emt", {
+            "data": f"benchmarks/mini_jmp/bulk_emt.py {generation} (70 % train, 10 % val, 20 % test)",
+            "recipe": args.recipe or "benchmarks/mini_jmp/bulk.yaml", "machine": machine(),
+            "made_by": "benchmarks/mini_jmp/bulk.yaml, shipped by ship.py --bulk"}, args.data, args.models, args.test_data)
+        return
     if args.aspirin is not None:
-        sys.path.insert(0, str(HERE.parent))
-        from backbone_speed import machine
 
         ship_finetuned("jmp-mini-aspirin", args.aspirin, "aspirin-gfn1", {
             "data": "mini-jmp/aspirin-gfn1/train.extxyz (1000, GFN1-xTB E+F), val.extxyz (50)",

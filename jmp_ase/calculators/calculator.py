@@ -17,6 +17,7 @@ import jmp_ase.keys as keys
 from jmp_ase.data.batch import IndexCache, atoms_arrays, batch_from_atoms
 from jmp_ase.data.graphs import GraphSettings, validate_structure
 from jmp_ase.nn.backbone import with_memory_mode
+from jmp_ase.calculators.evaluation import voigt
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # eV/Å: forces above this on a structure without close contacts are reported (once).
@@ -74,11 +75,6 @@ def _check_device(device) -> torch.device:
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={device!r}, but MPS is not available here; use device='cpu'")
     return dev
-
-
-def _full_3x3_to_voigt(stress: np.ndarray) -> np.ndarray:
-    """(3, 3) -> ASE Voigt order xx, yy, zz, yz, xz, xy."""
-    return stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
 
 
 def _symbol(z: int) -> str:
@@ -397,7 +393,7 @@ class JMPCalculator(Calculator):
                 res[key] = value[atoms_slice].copy()
             elif key == keys.STRESS.name:
                 if periodic:
-                    res[key] = _full_3x3_to_voigt(value[b])
+                    res[key] = voigt(value[b])
             elif value.ndim == 1:
                 res[key] = float(value[b])
             else:  # a per-structure vector or matrix

@@ -74,19 +74,38 @@ def labelled_errors(calc, structures: Sequence, batch_size: int = 8) -> dict:
     (as ``ase.io.read`` gives them for extxyz).
 
     Returns ``{"structures": n, "energy_mae": eV per structure, "forces_mae": eV/Å per
-    component}``. Raises ``ValueError`` naming the first structure without labels.
+    component}``, and ``"stress_mae"`` (eV/Å³ per Voigt component) where every structure has a
+    reference stress and is 3-D periodic (the model's stress needs a cell). Raises
+    ``ValueError`` naming the first structure without labels.
     """
     structures = list(structures)
     if not structures:
         raise ValueError("no structures to evaluate")
+    stress = all(atoms.calc is not None and "stress" in atoms.calc.results and atoms.pbc.all()
+                 for atoms in structures)
     labels = []
     for k, atoms in enumerate(structures):
         if atoms.calc is None or "energy" not in atoms.calc.results or "forces" not in atoms.calc.results:
             raise ValueError(f"structure {k} ({atoms.get_chemical_formula()}) has no reference energy and forces")
-        labels.append({"energy": np.array([float(atoms.calc.results["energy"])]),
-                       "forces": np.asarray(atoms.calc.results["forces"], dtype=float)})
+        label = {"energy": np.array([float(atoms.calc.results["energy"])]),
+                 "forces": np.asarray(atoms.calc.results["forces"], dtype=float)}
+        if stress:
+            label["stress"] = voigt(atoms.calc.results["stress"])
+        labels.append(label)
     errors = ErrorSums()
-    for p, label in zip(calc.predict(structures, ["energy", "forces"], batch_size=batch_size), labels):
-        errors.add({"energy": np.array([p["energy"]]), "forces": np.asarray(p["forces"])}, label)
+    properties = ["energy", "forces"] + (["stress"] if stress else [])
+    for p, label in zip(calc.predict(structures, properties, batch_size=batch_size), labels):
+        errors.add({"energy": np.array([p["energy"]]), "forces": np.asarray(p["forces"]),
+                    **({"stress": voigt(p["stress"])} if stress else {})}, label)
     metrics = errors.metrics()
-    return {"structures": len(structures), "energy_mae": metrics["energy_mae"], "forces_mae": metrics["forces_mae"]}
+    return {"structures": len(structures), **{f"{t}_mae": metrics[f"{t}_mae"] for t in properties}}
+
+
+def voigt(stress) -> np.ndarray:
+    """A stress as its 6 Voigt components (xx, yy, zz, yz, xz, xy), from Voigt or 3x3 form."""
+    stress = np.asarray(stress, dtype=float)
+    if stress.shape == (3, 3):
+        return stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    if stress.shape != (6,):
+        raise ValueError(f"a stress has 6 (Voigt) or 3x3 components, got shape {stress.shape}")
+    return stress
