@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import resource
 import statistics
@@ -73,12 +72,6 @@ def jmp_s_model():
                    f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
 
 
-def rss_mb() -> float:
-    """Current resident memory of this process (MB)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def worker(args) -> dict:
     """One (model, size) measurement; runs in its own process and prints a JSON line."""
     if args.memory_limit_gb:
@@ -90,6 +83,7 @@ def worker(args) -> dict:
     from ase.md.verlet import VelocityVerlet
     from ase.md import velocitydistribution as vd
     from backbone_speed import fcc_cu
+    from original_jmp import rss_mb
 
     from jmp_ase.calculators.calculator import JMPCalculator
 

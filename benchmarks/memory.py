@@ -38,6 +38,7 @@ def machine_line(threads: int) -> str:
 
 def child(args) -> dict:
     import numpy as np
+    from original_jmp import rss_mb
     import torch
     from ase.build import bulk
 
@@ -63,7 +64,7 @@ def child(args) -> dict:
     info = {"atoms": len(atoms), "main_edges": int(idx.main_edge_index.shape[1]),
             "a2a_edges": int(idx.a2a_edge_index.shape[1]), "quadruplets": int(idx.quad.out.shape[0]),
             "chunk": model.backbone.lean_chunk_size(idx)}
-    info["rss_before_mb"] = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    info["rss_before_mb"] = rss_mb()
     times = []
     try:
         for k in range(args.warmup + args.repeats):

@@ -34,8 +34,6 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-# this folder's profile.py would shadow the standard library's (cProfile imports it)
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE / "mini_jmp"))
 from run import finetune_config, load_yaml, pretrain_config, write_slice  # noqa: E402  (benchmarks/mini_jmp/run.py)
 

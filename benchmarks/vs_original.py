@@ -80,9 +80,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# benchmarks/profile.py would shadow the standard library's profile (torch imports cProfile): this
-# folder goes to the end of the path, where only backbone_speed is looked up from it.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
+sys.path.insert(0, str(HERE))
 from original_jmp import CUTOFF, MAX_NEIGHBORS, NoOrthogonalInit, rss_mb, time_repeats  # noqa: E402
 SYSTEMS = {"aspirin": None, "cu108": (3, 3, 3), "cu256": (4, 4, 4), "cu1000": (5, 5, 10)}
 GEOMEAN_SYSTEMS = ("aspirin", "cu108", "cu256")

@@ -59,3 +59,14 @@ def test_command_names_a_script_and_its_options(doc, line):
             assert f'"{option}' in source, f"{doc}: jmp-train {words[1]} has no option {option}"
     else:
         pytest.skip(f"not a python or jmp-train command: {line!r}")
+
+
+def test_no_script_shadows_the_standard_library():
+    """A script folder is first on sys.path when one of its scripts runs: a script named like a
+    standard-library module (benchmarks/profile.py did: torch's cProfile then imported it and
+    benchmarks/memory.py failed) breaks every other script there."""
+    import sys
+
+    for folder in ("benchmarks", "benchmarks/mini_jmp", "md_examples", "training"):
+        clashes = sorted(p.name for p in (ROOT / folder).glob("*.py") if p.stem in sys.stdlib_module_names)
+        assert not clashes, f"{folder}: {clashes} shadow standard-library modules"

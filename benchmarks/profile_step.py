@@ -9,7 +9,7 @@ Cases:
   batch, ``mode`` direct (pre-training heads under ``no_grad``) or conservative (energy head,
   forces by autograd); ``system`` aspirin or a Cu atom count (rattled fcc: 108 = 3x3x3 cubic).
 
-    python benchmarks/profile.py --cases aspirin-md,jmps-108-conservative --threads 1 --rows 15
+    python benchmarks/profile_step.py --cases aspirin-md,jmps-108-conservative --threads 1 --rows 15
 
 Prints the machine line of ``backbone_speed.py``, the median step time over ``--repeats``
 calls after ``--warmup``, then a torch.profiler table (forward and backward ops together)
