@@ -27,7 +27,8 @@ from ase.data import chemical_symbols  # noqa: E402
 from ase.io.trajectory import Trajectory  # noqa: E402
 
 MOLECULE_MODEL = "jmp-mini-aspirin"
-MATERIALS_MODEL = "jmp-mini-catalysis"
+MATERIALS_MODEL = "jmp-mini-catalysis"  # slabs with adsorbates
+BULK_MODEL = "jmp-mini-bulk"  # bulk crystals, trained with stress labels
 
 # Aspirin (Å, centre of mass at the origin): the lowest-energy frame of a GFN1-xTB thermal
 # (normal-mode) sample of aspirin, so close to, but not exactly at, a minimum.

@@ -34,7 +34,7 @@ def dynamics(atoms, args):
 
 def main(argv=None) -> float:
     """Run the example; returns the final volume per atom (Å^3)."""
-    p = common.parser(NAME, __doc__, common.MATERIALS_MODEL, 100, "MD steps")
+    p = common.parser(NAME, __doc__, common.BULK_MODEL, 100, "MD steps")
     p.add_argument("--element", default="Cu", help="fcc metal (lattice constant from ASE's reference data)")
     p.add_argument("--size", type=int, default=2, help="conventional 4-atom cells per direction")
     p.add_argument("--strain", type=float, default=1.03, help="initial lattice constant / reference value")

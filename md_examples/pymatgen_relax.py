@@ -28,7 +28,7 @@ def cu3au(lattice_constant: float) -> Structure:
 
 def main(argv=None) -> Structure:
     """Run the example; returns the relaxed pymatgen Structure."""
-    p = common.parser(NAME, __doc__, common.MATERIALS_MODEL, 200, "maximum optimizer steps")
+    p = common.parser(NAME, __doc__, common.BULK_MODEL, 200, "maximum optimizer steps")
     p.add_argument("--lattice", type=float, default=3.75, help="Cu3Au lattice constant before straining (Å)")
     p.add_argument("--strain", type=float, default=1.02, help="lattice constant scale of the start")
     p.add_argument("--supercell", type=int, default=1, help="cubic cells per direction")

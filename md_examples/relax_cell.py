@@ -19,7 +19,7 @@ OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS}
 
 def main(argv=None) -> float:
     """Run the example; returns the final volume per atom (Å^3)."""
-    p = common.parser(NAME, __doc__, common.MATERIALS_MODEL, 200, "maximum optimizer steps")
+    p = common.parser(NAME, __doc__, common.BULK_MODEL, 200, "maximum optimizer steps")
     p.add_argument("--element", default="Cu", help="fcc metal (lattice constant from ASE's reference data)")
     p.add_argument("--size", type=int, default=1, help="conventional 4-atom cells per direction")
     p.add_argument("--strain", type=float, default=0.04, help="isotropic strain; half of it is added as shear")

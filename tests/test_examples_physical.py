@@ -60,6 +60,22 @@ def test_cell_relaxation_of_a_strained_crystal_converges(tmp_path):
     assert "# converged after" in log, log.splitlines()[-3:]
 
 
+def test_cell_relaxation_ends_at_the_reference_lattice_constant(tmp_path):
+    """relax_cell's default model (jmp-mini-bulk, fitted to EMT) from a strained, sheared Cu cell:
+    the volume per atom ends within 2 % of EMT's own relaxed volume."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    reference = bulk("Cu", "fcc", cubic=True)
+    reference.calc = EMT()
+    BFGS(FrechetCellFilter(reference), logfile=None).run(fmax=1e-4, steps=100)
+    volume, _, log = run_example("relax_cell", tmp_path)
+    assert "# converged after" in log, log.splitlines()[-3:]
+    assert volume == pytest.approx(reference.get_volume() / len(reference), rel=0.02)
+
+
 def test_pymatgen_cell_relaxation_of_a_supercell_converges(tmp_path):
     _, _, log = run_example("pymatgen_relax", tmp_path, "--cell", "--supercell", "2")
     assert "# converged after" in log, log.splitlines()[-3:]

@@ -12,7 +12,8 @@ import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import add_adsorbate, fcc111, molecule
+from ase.build import add_adsorbate, bulk, fcc111, molecule
+from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 
 from jmp_ase.calculators.calculator import JMPCalculator
@@ -39,7 +40,15 @@ def cu_slab_with_o() -> Atoms:
     return slab
 
 
-FINETUNED = {"jmp-mini-aspirin": acetic_acid, "jmp-mini-catalysis": cu_slab_with_o}
+def cu3au_rattled() -> Atoms:
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
+    atoms.symbols[0] = "Au"
+    atoms = atoms.repeat(2)
+    atoms.rattle(0.05, seed=1)
+    return atoms
+
+
+FINETUNED = {"jmp-mini-aspirin": acetic_acid, "jmp-mini-catalysis": cu_slab_with_o, "jmp-mini-bulk": cu3au_rattled}
 
 
 def recorded_slice(record: dict) -> tuple[list, dict]:
@@ -51,8 +60,10 @@ def assert_reproduces(calc, record: dict) -> None:
     structures, expected = recorded_slice(record)
     assert len(structures) == expected["structures"] == 20
     found = labelled_errors(calc, structures)
-    for key in ("energy_mae", "forces_mae"):
-        assert found[key] == pytest.approx(expected[key], rel=RTOL), key
+    assert set(found) == set(expected) - {"file"}
+    for key in ("energy_mae", "forces_mae", "stress_mae"):
+        if key in expected:
+            assert found[key] == pytest.approx(expected[key], rel=RTOL), key
 
 
 def test_shipped_names_and_size():
@@ -131,3 +142,39 @@ def test_cli_info_reports_provenance():
     assert "jmp-mini-aspirin" in listing.output
     missing = CliRunner().invoke(main, ["info", "no-such-model"])
     assert missing.exit_code != 0 and "shipped models" in missing.output
+
+
+def test_bulk_model_stress_follows_emt_under_strain():
+    """jmp-mini-bulk was fitted to EMT's stress: along an isotropic strain path of Cu, its
+    pressure changes sign where EMT's does (within 1 % of the lattice constant) and has EMT's
+    slope (the bulk modulus) within 25 %; its stress is -dE/dε (the energy's strain derivative)."""
+    calc = JMPCalculator("jmp-mini-bulk", dtype="float64")
+    scales = np.linspace(0.97, 1.03, 7)
+    pressures = {}
+    for name, c in (("model", calc), ("emt", EMT())):
+        values = []
+        for s in scales:
+            atoms = bulk("Cu", "fcc", a=3.6 * s, cubic=True)
+            atoms.calc = c
+            values.append(-atoms.get_stress()[:3].mean())
+        pressures[name] = np.array(values)
+    zero = {k: np.interp(0.0, -v, scales) for k, v in pressures.items()}  # pressure falls as the cell grows
+    assert abs(zero["model"] - zero["emt"]) < 0.01, zero
+    slopes = {k: np.polyfit(scales, v, 1)[0] for k, v in pressures.items()}
+    assert slopes["model"] == pytest.approx(slopes["emt"], rel=0.25), slopes
+    atoms = cu3au_rattled()
+    atoms.calc = calc
+    stress = atoms.get_stress(voigt=False)
+    cell0, volume, h = atoms.cell.array.copy(), atoms.get_volume(), 1e-5
+    numeric = np.zeros((3, 3))
+    for i in range(3):
+        for j in range(3):
+            strained = []
+            for sign in (1, -1):
+                eps = np.eye(3)
+                eps[i, j] += sign * h
+                atoms.set_cell(cell0 @ eps, scale_atoms=True)
+                strained.append(atoms.get_potential_energy())
+            numeric[i, j] = (strained[0] - strained[1]) / (2 * h) / volume
+            atoms.set_cell(cell0, scale_atoms=True)
+    np.testing.assert_allclose(stress, (numeric + numeric.T) / 2, atol=1e-6)
