@@ -148,7 +148,9 @@ def main(argv=None) -> None:
     parser.add_argument("--bulk", type=Path, default=None, metavar="MODEL",
                         help="ship only jmp-mini-bulk, from this model fine-tuned with bulk.yaml; --data is then "
                              "bulk_emt.py's --out folder (it holds bulk-emt/)")
-    parser.add_argument("--recipe", default="", help="with --aspirin or --bulk: how MODEL was made (recorded)")
+    parser.add_argument("--catalysis", type=Path, default=None, metavar="MODEL",
+                        help="re-ship only jmp-mini-catalysis, from this model fine-tuned as tasks.yaml's ship.catalysis")
+    parser.add_argument("--recipe", default="", help="with --aspirin, --catalysis or --bulk: how MODEL was made (recorded)")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         raise SystemExit(f"Error: --data {args.data} is not a folder (the mini-JMP corpus)")
@@ -163,10 +165,15 @@ def main(argv=None) -> None:
             "made_by": "benchmarks/mini_jmp/bulk.yaml, shipped by ship.py --bulk"}, args.data, args.models, args.test_data)
         return
     if args.aspirin is not None:
-
         ship_finetuned("jmp-mini-aspirin", args.aspirin, "aspirin-gfn1", {
             "data": "mini-jmp/aspirin-gfn1/train.extxyz (1000, GFN1-xTB E+F), val.extxyz (50)",
             "recipe": args.recipe or "see the model's provenance", "machine": machine()},
+            args.data, args.models, args.test_data)
+        return
+    if args.catalysis is not None:
+        ship_finetuned("jmp-mini-catalysis", args.catalysis, "catalysis-emt", {
+            "data": "mini-jmp/catalysis-emt/train.extxyz[::6] (892 EMT slabs with adsorbates), val.extxyz[:60]",
+            "recipe": args.recipe or "tasks.yaml ship.catalysis", "machine": machine()},
             args.data, args.models, args.test_data)
         return
     ship_all(args.run, json.loads(args.results.read_text()), args.data, args.models, args.test_data)
