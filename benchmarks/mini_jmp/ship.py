@@ -136,6 +136,16 @@ def ship_all(run: Path, results: dict, data: Path, models: Path = REPO / "jmp_as
         "recipe": "tasks.yaml ship.catalysis", "machine": results["machine"]}, data, models, test_data)
 
 
+# ship.py --OPTION MODEL re-ships one fine-tuned model of the corpus: (name, data set, data, default recipe)
+SINGLE = {
+    "aspirin": ("jmp-mini-aspirin", "aspirin-gfn1",
+                "mini-jmp/aspirin-gfn1/train.extxyz (1000, GFN1-xTB E+F), val.extxyz (50)", "see the model's provenance"),
+    "catalysis": ("jmp-mini-catalysis", "catalysis-emt",
+                  "mini-jmp/catalysis-emt/train.extxyz[::6] (892 EMT slabs with adsorbates), val.extxyz[:60]",
+                  "tasks.yaml ship.catalysis"),
+}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=REPO / "runs" / "mini-jmp")
@@ -164,18 +174,12 @@ def main(argv=None) -> None:
             "recipe": args.recipe or "benchmarks/mini_jmp/bulk.yaml", "machine": machine(),
             "made_by": "benchmarks/mini_jmp/bulk.yaml, shipped by ship.py --bulk"}, args.data, args.models, args.test_data)
         return
-    if args.aspirin is not None:
-        ship_finetuned("jmp-mini-aspirin", args.aspirin, "aspirin-gfn1", {
-            "data": "mini-jmp/aspirin-gfn1/train.extxyz (1000, GFN1-xTB E+F), val.extxyz (50)",
-            "recipe": args.recipe or "see the model's provenance", "machine": machine()},
-            args.data, args.models, args.test_data)
-        return
-    if args.catalysis is not None:
-        ship_finetuned("jmp-mini-catalysis", args.catalysis, "catalysis-emt", {
-            "data": "mini-jmp/catalysis-emt/train.extxyz[::6] (892 EMT slabs with adsorbates), val.extxyz[:60]",
-            "recipe": args.recipe or "tasks.yaml ship.catalysis", "machine": machine()},
-            args.data, args.models, args.test_data)
-        return
+    for option, (name, dataset, data, recipe) in SINGLE.items():
+        model = getattr(args, option)
+        if model is not None:
+            ship_finetuned(name, model, dataset, {"data": data, "recipe": args.recipe or recipe, "machine": machine()},
+                           args.data, args.models, args.test_data)
+            return
     ship_all(args.run, json.loads(args.results.read_text()), args.data, args.models, args.test_data)
 
 
