@@ -167,3 +167,10 @@ def test_bulk_model_stress_follows_emt_under_strain():
     atoms.calc = calc
     numeric = calculate_numerical_stress(atoms, eps=1e-5, voigt=False)
     np.testing.assert_allclose(atoms.get_stress(voigt=False), numeric, atol=1e-6)
+
+
+def test_labelled_errors_report_stress_only_where_the_model_predicts_it():
+    structures = ase.io.read(SLICES / "bulk-emt-test20.extxyz", ":4")  # periodic, with EMT stress labels
+    direct = labelled_errors(JMPCalculator.from_jmp_checkpoint("jmp-mini", head="catalysis-emt"), structures)
+    conservative = labelled_errors(JMPCalculator("jmp-mini-bulk"), structures)
+    assert "stress_mae" not in direct and 0 < conservative["stress_mae"] < 0.01

@@ -74,15 +74,15 @@ def labelled_errors(calc, structures: Sequence, batch_size: int = 8) -> dict:
     (as ``ase.io.read`` gives them for extxyz).
 
     Returns ``{"structures": n, "energy_mae": eV per structure, "forces_mae": eV/Å per
-    component}``, and ``"stress_mae"`` (eV/Å³ per Voigt component) where every structure has a
-    reference stress and is 3-D periodic (the model's stress needs a cell). Raises
+    component}``, and ``"stress_mae"`` (eV/Å³ per Voigt component) where the model predicts stress
+    and every structure has a reference stress and is 3-D periodic (the model's stress needs a cell). Raises
     ``ValueError`` naming the first structure without labels.
     """
     structures = list(structures)
     if not structures:
         raise ValueError("no structures to evaluate")
-    stress = all(atoms.calc is not None and "stress" in atoms.calc.results and atoms.pbc.all()
-                 for atoms in structures)
+    stress = "stress" in getattr(calc, "implemented_properties", ()) and all(
+        atoms.calc is not None and "stress" in atoms.calc.results and atoms.pbc.all() for atoms in structures)
     labels = []
     for k, atoms in enumerate(structures):
         if atoms.calc is None or "energy" not in atoms.calc.results or "forces" not in atoms.calc.results:
