@@ -125,3 +125,31 @@ def test_radial_bases_are_shared_only_while_equal():
     own = energy()  # the changed layer evaluates its own basis
     bases._radial_twin["cbf_basis_tint"] = True  # wrongly shared: another number
     assert abs(energy() - own) > 1e-9
+
+
+def test_weighted_basis_gradients_and_second_derivatives_are_the_plain_products():
+    """The custom backward of ``weighted_basis`` (layouts chosen for speed) is the product's own:
+    first and second derivatives (forces inside a training loss) by finite differences."""
+    from jmp_ase.nn.layers import weighted_basis
+
+    gen = torch.Generator().manual_seed(0)
+    rad_w = torch.randn(3, 2, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    sph = torch.randn(3, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    out = weighted_basis(rad_w, sph)
+    assert out.shape == (3, 2, 4) and out.is_contiguous()
+    torch.testing.assert_close(out, rad_w @ sph.transpose(1, 2))
+    torch.autograd.gradcheck(weighted_basis, (rad_w, sph))
+    torch.autograd.gradgradcheck(weighted_basis, (rad_w, sph))
+    grad_sph, = torch.autograd.grad(weighted_basis(rad_w, sph).sum(), sph)
+    assert grad_sph.is_contiguous()  # pad_rows' backward reads it without a copy
+
+
+def test_outer_product_is_the_broadcast_product_with_the_same_derivatives():
+    from jmp_ase.nn.layers import outer_product
+
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(6, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(6, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.equal(outer_product(a, b), (a[:, :, None] * b[:, None, :]).reshape(6, 12))
+    torch.autograd.gradcheck(outer_product, (a, b))
+    torch.autograd.gradgradcheck(outer_product, (a, b))

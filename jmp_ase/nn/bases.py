@@ -18,10 +18,12 @@ from jmp_ase.nn.layers import (
     Dense,
     EdgeEmbedding,
     chunk_bounds,
+    outer_product,
     padded_slots,
     recompute,
     rows_per_chunk,
     scalar,
+    weighted_basis,
     with_sentinel,
 )
 
@@ -149,7 +151,7 @@ class SphericalBasisLayer(nn.Module):
             second = legendre_basis((normal_cab * normal_abd).sum(-1), self.num_spherical, scale_sq)
         else:
             second = legendre_basis(torch.cos(dihedral_angle(normal_cab, normal_abd)), self.num_spherical)
-        return (first[:, :, None] * second[:, None, :]).reshape(first.shape[0], self.num_spherical**2)
+        return outer_product(first, second)
 
 
 class QuadrupletBasisChunks:
@@ -246,8 +248,8 @@ def _refresh_radial_twins(module: "Bases", incompatible_keys) -> None:
 class InteractionBasis(NamedTuple):
     """The bases one interaction reads: ``rad`` (E, emb_size_rbf) radial weights per edge;
     ``cir`` the circular (triplet) part, in the layout its interaction contracts (padded
-    (radial weights, basis) pair, or per triplet); ``sph`` the quadruplet basis: (padded basis
-    times radial weights (E, Kmax, emb_size_sbf), input triplet of each padded slot (E, Kmax)), or
+    (radial weights, basis) pair, or per triplet); ``sph`` the quadruplet basis: (radial weights
+    times padded basis (E, emb_size_sbf, Kmax), input triplet of each padded slot (E, Kmax)), or
     in lean mode a :class:`QuadrupletBasisChunks` evaluated per chunk of edges."""
 
     rad: torch.Tensor
@@ -434,9 +436,8 @@ class Bases(nn.Module):
             # input triplet (T_in for padding): the blocks gather their messages straight into the
             # padded layout.
             slots = padded_slots(quad.out, quad.out_agg, rad_sph_qint.shape[0], width.quad)
-            # Kept transposed, (E, Kmax, emb_size_sbf) = padded basis (E, Kmax, S²) @ rad_w^T: the
-            # basis gradient then comes out in the padded layout's own order (no copy).
-            weighted = sph.transpose(1, 2) @ rad_w.transpose(1, 2)
+            # (E, emb_size_sbf, Kmax), with a backward whose products all read contiguous matrices.
+            weighted = weighted_basis(rad_w, sph.transpose(1, 2))
             sph_qint = (weighted, with_sentinel(quad.trip_in_to_quad, quad.triplet_in.in_.shape[0])[slots])
         else:
             sph_qint = QuadrupletBasisChunks(

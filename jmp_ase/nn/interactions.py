@@ -128,11 +128,11 @@ class QuadrupletInteraction(nn.Module):
         x_db = self.down_projection(x_db).index_select(0, quad.triplet_in.in_)
         x_db = self.scale_cbf(x_db * self.mlp_cbf(bases.cir), ref=x_db)
         if isinstance(bases.sph, tuple):
-            weighted_basis, slots = bases.sph  # (E, Kmax, emb_size_sbf), (E, Kmax)
+            weighted_basis, slots = bases.sph  # (E, emb_size_sbf, Kmax), (E, Kmax)
             # Messages per padded quadruplet slot, gathered in one step (zero row for padding).
             x_pad = with_zero_row(x_db).index_select(0, slots.reshape(-1)).view(slots.shape + x_db.shape[1:])
             # (E, emb_size_sbf, emb_size_quad_in): rad_w @ (sph @ x) reassociated (round-off only)
-            x = weighted_basis.transpose(1, 2) @ x_pad
+            x = weighted_basis @ x_pad
             x = self.mlp_sbf.bilinear(x.reshape(x.shape[0], x.shape[1] * x.shape[2]))
             if self.scale_sbf_sum.observer is not None:  # fitting: it observes the per-quadruplet messages
                 x_db = x_db[quad.trip_in_to_quad]

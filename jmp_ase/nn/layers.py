@@ -227,6 +227,61 @@ def basis_messages(sph: torch.Tensor, x_padded: torch.Tensor) -> torch.Tensor:
     return sph @ x_padded
 
 
+class _WeightedBasis(torch.autograd.Function):
+    """``rad_w @ sph.transpose(1, 2)`` with each product of backward in a fast layout."""
+
+    @staticmethod
+    def forward(ctx, rad_w, sph):
+        ctx.save_for_backward(rad_w, sph)
+        return rad_w @ sph.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):  # differentiable (torch ops only): forces inside a training loss
+        rad_w, sph = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_rad = grad @ sph if ctx.needs_input_grad[0] else None
+        grad_sph = grad.transpose(1, 2) @ rad_w if ctx.needs_input_grad[1] else None
+        return grad_rad, grad_sph
+
+
+def weighted_basis(rad_w: torch.Tensor, sph: torch.Tensor) -> torch.Tensor:
+    """Radial weights (n, C, S) times a padded basis (n, K, S) -> (n, C, K), contiguous.
+
+    Autograd's own backward of the plain product multiplies transposed views of both factors
+    for the radial weights' gradient, a layout the batched kernels run several times slower
+    (one thread, the quadruplet basis of the shipped aspirin model, n=310, K=254, S=49, C=8:
+    forward + backward with the two blocks' products 20 ms against 40 ms). Here every product
+    reads contiguous matrices, and the basis gradient comes out contiguous in the padded
+    layout's (n, K, S) order, which :func:`pad_rows`' backward reads without a copy.
+    """
+    return _WeightedBasis.apply(rad_w, sph)
+
+
+class _OuterProduct(torch.autograd.Function):
+    """Row-wise outer product (n, p), (n, q) -> (n, p * q) with a batched-product backward."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return torch.einsum("ni,nj->nij", a, b).reshape(a.shape[0], a.shape[1] * b.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):  # differentiable (torch ops only)
+        a, b = ctx.saved_tensors
+        grad = grad.reshape(a.shape[0], a.shape[1], b.shape[1])
+        grad_a = (grad @ b.unsqueeze(-1)).squeeze(-1) if ctx.needs_input_grad[0] else None
+        grad_b = (a.unsqueeze(1) @ grad).squeeze(1) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b
+
+
+def outer_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a[:, :, None] * b[:, None, :]).reshape(n, p * q)``, the same numbers, with a faster
+    backward: autograd's own broadcasts the gradient against each factor and reduces it, about
+    twice as slow as the batched products here (one thread, the quadruplet basis of the shipped
+    aspirin model, 61 k rows of 7 x 7: forward + backward 13 ms against 27 ms)."""
+    return _OuterProduct.apply(a, b)
+
+
 def with_zero_row(x: torch.Tensor) -> torch.Tensor:
     """``x`` (n, ...) with one zero row appended (the target of padding slots)."""
     return torch.cat([x, x.new_zeros((1,) + tuple(x.shape[1:]))])
