@@ -115,3 +115,29 @@ def test_run_plan_from_a_given_pretrained_model(tmp_path):
     proc = subprocess.run([sys.executable, str(MINI / "run.py"), "--pretrained", "jmp-mini", "--ship",
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, env=ENV, timeout=120)
     assert proc.returncode != 0 and "--ship" in proc.stderr
+
+
+def test_run_reuses_scratch_runs_only_of_the_same_recipe(tmp_path):
+    """--scratch-from links an earlier run's from-scratch runs (they do not depend on the
+    pre-trained model) and refuses one whose config differs from the recipe planned now."""
+    sys.path.insert(0, str(MINI))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(MINI))
+    earlier, out = tmp_path / "earlier", tmp_path / "out"
+    name = "gap/scratch-lr0.002"
+    for folder, lr in ((earlier, 2e-3), (out, 2e-3)):
+        (folder / "configs").mkdir(parents=True)
+        (folder / "configs" / "gap--scratch-lr0.002.yaml").write_text(f"lr: {lr}\nout: {folder / name}\n")
+    (earlier / name).mkdir(parents=True)
+    (earlier / name / "model.ckpt").write_bytes(b"")
+    (earlier / name / "metrics.csv").write_text("epoch,elapsed_s\n0,12.5\n")
+    jobs = [run.Job(name, [], info={"side": "scratch"}), run.Job("gap/finetune-lr0.002", [], info={"side": "finetune"})]
+    run.reuse_scratch(jobs, earlier, out)
+    assert jobs[0].ok and jobs[0].wall_s == 12.5 and not jobs[1].ok
+    assert (out / name).resolve() == (earlier / name).resolve()
+    (out / name).unlink()
+    (out / "configs" / "gap--scratch-lr0.002.yaml").write_text(f"lr: 0.0005\nout: {out / name}\n")
+    with pytest.raises(SystemExit, match="differs"):
+        run.reuse_scratch([run.Job(name, [], info={"side": "scratch"})], earlier, out)

@@ -377,6 +377,9 @@ def main(argv=None) -> None:
     parser.add_argument("--pretrained", default=None,
                         help="fine-tune from this pre-trained model (file or shipped name, e.g. jmp-mini) "
                              "instead of pre-training first")
+    parser.add_argument("--scratch-from", type=Path, default=None, metavar="DIR",
+                        help="reuse the from-scratch runs of an earlier run in DIR (they do not depend on the "
+                             "pre-trained model); each must have been made from the same settings")
     parser.add_argument("--summarise", action="store_true",
                         help="only test and tabulate the finished runs in --out (wall times from their metrics.csv)")
     parser.add_argument("--report", type=Path, default=None,
@@ -411,7 +414,9 @@ def main(argv=None) -> None:
             rows = read_metrics(args.out / job.name / "metrics.csv") if job.ok and job.name != "pretrain" else []
             job.wall_s = rows[-1].get("elapsed_s", math.nan) if rows else math.nan
     else:
-        run_jobs(jobs, args.out, args.lanes, args.threads)
+        if args.scratch_from:
+            reuse_scratch(jobs, args.scratch_from.resolve(), args.out)
+        run_jobs([j for j in jobs if not j.ok], args.out, args.lanes, args.threads)
     if args.pretrained:
         pretrain = {"model": str(args.pretrained), "wall_s": None, "validation": None}
     elif not jobs[0].ok:
@@ -439,6 +444,30 @@ def main(argv=None) -> None:
         import ship
 
         ship.ship_all(args.out, json.loads((args.results / "results.json").read_text()), args.data)
+
+
+def reuse_scratch(jobs: list[Job], earlier: Path, out: Path) -> None:
+    """Link each from-scratch run of ``earlier`` into ``out`` and mark its job done, after checking
+    that its config equals the one planned now (output paths aside)."""
+    def settings(path: Path) -> dict:
+        cfg = load_yaml(path)
+        cfg.pop("out", None)
+        return cfg
+
+    for job in jobs:
+        if job.info.get("side") != "scratch":
+            continue
+        config = f"{job.name.replace('/', '--')}.yaml"
+        source = earlier / job.name
+        if not (source / "model.ckpt").is_file():
+            raise SystemExit(f"--scratch-from: {source} has no model.ckpt")
+        if settings(earlier / "configs" / config) != settings(out / "configs" / config):
+            raise SystemExit(f"--scratch-from: {earlier / 'configs' / config} differs from this run's recipe")
+        (out / job.name).parent.mkdir(parents=True, exist_ok=True)
+        (out / job.name).symlink_to(source, target_is_directory=True)
+        rows = read_metrics(source / "metrics.csv")
+        job.ok, job.wall_s = True, rows[-1].get("elapsed_s", math.nan) if rows else math.nan
+        print(f"  reused {source}", flush=True)
 
 
 def pretrain_validation(out: Path) -> dict | None:
