@@ -133,15 +133,17 @@ def test_weighted_basis_gradients_and_second_derivatives_are_the_plain_products(
     from jmp_ase.nn.layers import weighted_basis
 
     gen = torch.Generator().manual_seed(0)
-    rad_w = torch.randn(3, 2, 5, dtype=torch.float64, generator=gen, requires_grad=True)
-    sph = torch.randn(3, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
-    out = weighted_basis(rad_w, sph)
-    assert out.shape == (3, 2, 4) and out.is_contiguous()
-    torch.testing.assert_close(out, rad_w @ sph.transpose(1, 2))
-    torch.autograd.gradcheck(weighted_basis, (rad_w, sph))
-    torch.autograd.gradgradcheck(weighted_basis, (rad_w, sph))
-    grad_sph, = torch.autograd.grad(weighted_basis(rad_w, sph).sum(), sph)
-    assert grad_sph.is_contiguous()  # pad_rows' backward reads it without a copy
+    for channels, custom in ((2, True), (3, False)):  # S = 5 > 2 C: the custom backward
+        rad_w = torch.randn(3, channels, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+        sph = torch.randn(3, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+        out = weighted_basis(rad_w, sph)
+        assert out.shape == (3, channels, 4) and out.is_contiguous() == custom
+        assert (type(out.grad_fn).__name__ == "_WeightedBasisBackward") == custom
+        torch.testing.assert_close(out, rad_w @ sph.transpose(1, 2))
+        torch.autograd.gradcheck(weighted_basis, (rad_w, sph))
+        torch.autograd.gradgradcheck(weighted_basis, (rad_w, sph))
+        grad_sph, = torch.autograd.grad(weighted_basis(rad_w, sph).sum(), sph)
+        assert grad_sph.is_contiguous()  # pad_rows' backward reads it without a copy
 
 
 def test_outer_product_is_the_broadcast_product_with_the_same_derivatives():

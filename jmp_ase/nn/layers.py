@@ -245,16 +245,20 @@ class _WeightedBasis(torch.autograd.Function):
 
 
 def weighted_basis(rad_w: torch.Tensor, sph: torch.Tensor) -> torch.Tensor:
-    """Radial weights (n, C, S) times a padded basis (n, K, S) -> (n, C, K), contiguous.
+    """Radial weights (n, C, S) times a padded basis (n, K, S) -> (n, C, K).
 
-    Autograd's own backward of the plain product multiplies transposed views of both factors
-    for the radial weights' gradient, a layout the batched kernels run several times slower
-    (one thread, the quadruplet basis of the shipped aspirin model, n=310, K=254, S=49, C=8:
-    forward + backward with the two blocks' products 20 ms against 40 ms). Here every product
-    reads contiguous matrices, and the basis gradient comes out contiguous in the padded
-    layout's (n, K, S) order, which :func:`pad_rows`' backward reads without a copy.
+    Where S > 2 C (the quadruplet basis, S = 49, of small models: C = 8 channels), autograd's
+    own backward of the plain product multiplies transposed views of both factors for the
+    radial weights' gradient, a layout the batched kernels run several times slower (one
+    thread, the quadruplet basis of the shipped aspirin model, n=310, K=254: forward + backward
+    with the two blocks' products 20 ms against 40 ms). There every product here reads
+    contiguous matrices, and the basis gradient comes out contiguous in the padded layout's
+    (n, K, S) order, which :func:`pad_rows`' backward reads without a copy. At C = 32 (JMP-S)
+    neither way was clearly faster, so the plain product stays (returned as a transposed view).
     """
-    return _WeightedBasis.apply(rad_w, sph)
+    if sph.shape[2] > 2 * rad_w.shape[1]:
+        return _WeightedBasis.apply(rad_w, sph)
+    return (sph @ rad_w.transpose(1, 2)).transpose(1, 2)
 
 
 class _OuterProduct(torch.autograd.Function):
