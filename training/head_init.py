@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import torch
 
 from jmp_ase.nn.heads import HeadSpec
 from jmp_ase.nn.model import FineTunedModel
-from jmp_ase.training.data import collate, fit_element_references
 from jmp_ase.training.parent import Parent
+from jmp_ase.training.references import add_energy_offsets
 
 #: training structures whose zero-shot energies fix the per-element offset
 NUM_OFFSET_STRUCTURES = 64
@@ -60,25 +59,9 @@ def start_energy_head(model: FineTunedModel, parent: Parent, name: str, train_se
             for p in member.parameters():
                 p.add_(COMMITTEE_NOISE * p.std() * torch.randn(p.shape, generator=generator).to(p))
     count = min(len(train_set), NUM_OFFSET_STRUCTURES)
-    samples = [train_set[i] for i in range(count)]
-    if any("energy" not in s.labels for s in samples):
-        raise ValueError(f"init_energy_head {name!r}: the training structures need energy labels")
-    was_training = model.training
-    model.eval()
-    predicted = []
-    for start in range(0, count, 8):
-        batch, _ = collate(samples[start:start + 8])
-        predicted.append(model(batch, compute_forces=False)["energy"].double().cpu())
-    model.train(was_training)
-    predicted = torch.cat(predicted).numpy()
-    labels = np.array([float(s.labels["energy"]) for s in samples])
-    numbers = [s.arrays["numbers"] for s in samples]
-    offsets = fit_element_references(labels - predicted, numbers)
-    references = dict(head.spec.element_references)
-    for z, value in offsets.items():
-        references[z] = references.get(z, 0.0) + value
-        head.element_references[z] = references[z]
-    head.spec.element_references = references
-    shift = np.array([sum(offsets[int(z)] for z in n) for n in numbers])
-    return {"head": name, "zero_shot_energy_mae": float(np.abs(labels - predicted).mean()),
-            "offset_energy_mae": float(np.abs(labels - predicted - shift).mean()), "offsets": offsets}
+    try:
+        fit = add_energy_offsets(model, [train_set[i] for i in range(count)])
+    except ValueError as err:
+        raise ValueError(f"init_energy_head {name!r}: {err}") from None
+    return {"head": name, "zero_shot_energy_mae": fit["energy_mae_before"],
+            "offset_energy_mae": fit["energy_mae_after"], "offsets": fit["offsets"]}
