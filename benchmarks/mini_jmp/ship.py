@@ -89,10 +89,13 @@ def ship_pretrained(run: Path, results: dict, data: Path, models: Path, test_dat
 
 
 def without_machine_paths(provenance: dict) -> dict:
-    """A copy of a model's provenance fit to ship: ``parent_path`` reduced to the file name."""
+    """A copy of a model's provenance fit to ship: ``parent_path`` and the data of a
+    reference refit (``jmp-train refit-references``) reduced to file names."""
     out = dict(provenance)
     if out.get("parent_path"):
         out["parent_path"] = Path(str(out["parent_path"])).name
+    if isinstance(out.get("reference_refit"), dict):
+        out["reference_refit"] = {**out["reference_refit"], "data": Path(str(out["reference_refit"]["data"])).name}
     return out
 
 
