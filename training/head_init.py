@@ -17,7 +17,7 @@ import torch
 from jmp_ase.nn.heads import HeadSpec
 from jmp_ase.nn.model import FineTunedModel
 from jmp_ase.training.parent import Parent
-from jmp_ase.training.references import add_energy_offsets
+from jmp_ase.training.references import add_energy_offsets, energy_head
 
 #: training structures whose zero-shot energies fix the per-element offset
 NUM_OFFSET_STRUCTURES = 64
@@ -50,7 +50,7 @@ def start_energy_head(model: FineTunedModel, parent: Parent, name: str, train_se
     :func:`head_specs_for_start`) and fit the per-element offset on the training labels.
     Returns the zero-shot energy MAE (eV) before and after the offset, and the offsets."""
     state, _, _ = _energy_head(parent, name)
-    head = next(h for h in model.heads.values() if h.spec.kind == "energy")
+    head = energy_head(model)
     head.mlp.load_state_dict(state)
     for k, member in enumerate(getattr(head, "members", [])):  # a committee: the same start, perturbed
         member.load_state_dict(state)
