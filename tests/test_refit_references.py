@@ -1,6 +1,6 @@
 """jmp-train refit-references: per-element energy offsets fitted on labelled structures and
-added to a model's element references. The energy error on those structures goes down (least
-squares), each energy moves by the sum of its atoms' offsets, forces do not change, and bad
+added to a model's element references. The energy error on those structures goes down (here
+the MAE too; least squares promises it for the squared error), each energy moves by the sum of its atoms' offsets, forces do not change, and bad
 input is one clear error."""
 import ase.io
 import numpy as np

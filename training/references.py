@@ -5,8 +5,9 @@ Used twice: when a fine-tuning run starts its energy head from a pre-training he
 (``head_init.py``: the data's level of theory may differ by a per-element offset), and by
 ``jmp-train refit-references`` on a finished model, whose energies may be off by per-element
 constants that a short fine-tuning did not remove. The offsets are constants per atom, so
-forces and stress do not change; on the structures they were fitted to, the energy error
-can only go down (least squares).
+forces and stress do not change; on the structures they were fitted to, the squared energy
+error can only go down (least squares). The mean absolute error need not: on jmp-mini-bulk's
+training cells it went from 80.0 to 81.6 meV.
 """
 from __future__ import annotations
 
