@@ -21,6 +21,7 @@ from jmp_ase.nn.layers import (
     outer_product,
     padded_slots,
     recompute,
+    row_chunks,
     rows_per_chunk,
     scalar,
     weighted_basis,
@@ -157,11 +158,12 @@ class SphericalBasisLayer(nn.Module):
 class QuadrupletBasisChunks:
     """The quadruplet basis of lean mode, evaluated for a chunk of target edges on demand.
 
-    ``chunks(start, stop)`` returns, for target (main) edges ``start:stop``, the same
+    ``chunks(start, stop, rad)`` returns, for target (main) edges ``start:stop`` (``rad``: their
+    rows of the radial basis), the same
     (radial weights (c, emb_sbf, S²), padded spherical basis (c, S², Kmax)) that
-    :meth:`BasisEmbedding.forward_padded` gives for those rows, plus (c, Kmax) indices of each
-    padded quadruplet's input triplet (``T_in`` for padding, whose basis is zero). Only
-    per-edge and per-triplet tensors are kept for the whole system, never a per-quadruplet one.
+    :meth:`BasisEmbedding.forward_padded` gives for those rows; :meth:`sources` says which
+    input triplet each padded quadruplet reads (padding reads a zero row). Only per-edge and
+    per-triplet tensors are kept for the whole system, never a per-quadruplet one.
     """
 
     def __init__(self, layer: SphericalBasisLayer, embedding: BasisEmbedding, rad: torch.Tensor,
@@ -177,8 +179,25 @@ class QuadrupletBasisChunks:
         self.trip_out = with_sentinel(quad.trip_out_to_quad, cos_cab.shape[0])
         self.trip_in = with_sentinel(quad.trip_in_to_quad, normal_abd.shape[0])
         self.num_quad = num_quad
+        self.bounds = chunk_bounds(self.num_rows, self.rows_per_chunk)  # the chunks of target edges
+        self._sources = None
 
-    def __call__(self, start: int, stop: int):
+    def sources(self) -> tuple[torch.Tensor, list[int], list[torch.Tensor]]:
+        """Per chunk of :attr:`bounds`: the distinct input triplets its quadruplets read (``T_in``,
+        the zero row, for padding), all chunks' laid end to end, how many each chunk has, and per
+        padded slot (c, Kmax) the position among its chunk's. Index-only; computed once per pass
+        and shared by the blocks. A chunk then gathers its messages from its own rows: the
+        backward of that gather is the chunk's size, where a gather from all ``T_in`` rows costs
+        a whole-system gradient per chunk (quadratic in the system size)."""
+        if self._sources is None:
+            found = [torch.unique(self.trip_in[self.slots[a:b]], return_inverse=True) for a, b in self.bounds]
+            rows = torch.cat([r for r, _ in found]) if found else self.trip_in[:0]
+            self._sources = (rows, [r.shape[0] for r, _ in found], [position for _, position in found])
+        return self._sources
+
+    def __call__(self, start: int, stop: int, rad: torch.Tensor):
+        """``rad``: rows ``start:stop`` of the radial basis (from :func:`row_chunks`, so that the
+        backward of taking them is not one whole-system gradient per chunk)."""
         slots = self.slots[start:stop]  # (c, K) quadruplet ids, num_quad = padding
         valid = slots < self.num_quad
         trip_out = self.trip_out[slots]
@@ -192,8 +211,8 @@ class QuadrupletBasisChunks:
         else:
             sph = self.layer.angular(self.cos_cab[t_out], self.normal_cab[t_out], self.normal_abd[t_in])
             sph = torch.where(valid.reshape(-1, 1), sph, torch.zeros_like(sph)).reshape(shape + (-1,))
-        rad_w = self.embedding.radial(self.rad[start:stop], sph.shape[-1])
-        return rad_w, sph.transpose(1, 2), trip_in
+        rad_w = self.embedding.radial(rad, sph.shape[-1])
+        return rad_w, sph.transpose(1, 2)
 
 
 def damp_normal(normal: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -379,7 +398,7 @@ class Bases(nn.Module):
 
         if chunk_size is None:
             return part(distance)
-        pieces = [recompute(part, distance[a:b]) for a, b in chunk_bounds(distance.shape[0], chunk_size)]
+        pieces = [recompute(part, d) for d in row_chunks(distance, chunk_bounds(distance.shape[0], chunk_size))]
         return torch.cat(pieces) if pieces else part(distance)
 
     def _graph_radials(self, geom: dict, chunk_size: int | None) -> dict | None:

@@ -19,6 +19,7 @@ from jmp_ase.nn.layers import (
     ScaleFactor,
     chunk_bounds,
     recompute,
+    row_chunks,
     rows_per_chunk,
     padded_slots,
     scalar,
@@ -96,10 +97,10 @@ class TripletInteraction(nn.Module):
                                          idx_agg2, idx_agg2_inner, agg2_out_size, agg2_width)
         return self.scale_cbf_sum(x, ref=None)
 
-    def output_rows(self, x, id_swap_rows, start: int, stop: int):
-        """Rows ``start:stop`` of the symmetric output of the aggregated ``x`` (all rows);
-        ``id_swap_rows`` = ``id_swap[start:stop]``."""
-        return _scaled(self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows]), INV_SQRT_2)
+    def output_rows(self, x_rows, x_swapped_rows):
+        """Rows of the symmetric output, from the same rows of the aggregated ``x`` and of
+        ``x[id_swap]`` (see :func:`symmetric_row_chunks`)."""
+        return _symmetric_rows(self, x_rows, x_swapped_rows)
 
 
 class QuadrupletInteraction(nn.Module):
@@ -153,20 +154,27 @@ class QuadrupletInteraction(nn.Module):
         x_db = self.scale_cbf(x_db * self.mlp_cbf(bases.cir), ref=x_db)
         return self.scale_sbf_sum(self._chunked(bases.sph, x_db), ref=None)
 
-    def output_rows(self, x, id_swap_rows, start: int, stop: int):
-        return _scaled(self.up_projection_ca(x[start:stop]) + self.up_projection_ac(x[id_swap_rows]), INV_SQRT_2)
+    def output_rows(self, x_rows, x_swapped_rows):
+        return _symmetric_rows(self, x_rows, x_swapped_rows)
 
     def _chunked(self, sph_chunks, x_db):
         """Per-quadruplet part, ``sph_chunks.rows_per_chunk`` target edges at a time: the basis and the
         messages of a chunk's quadruplets are built, contracted and (in backward) rebuilt per chunk."""
         x_ext = with_zero_row(x_db)  # (T_in + 1, emb): messages per input triplet, zero for padding
 
-        def part(start, stop, x_ext):
-            rad_w, sph, trip_in = sph_chunks(start, stop)
-            return self.mlp_sbf.finish(rad_w, basis_messages(sph, x_ext[trip_in]))
+        def part(start, stop, rad, x_chunk, position):
+            rad_w, sph = sph_chunks(start, stop, rad)
+            return self.mlp_sbf.finish(rad_w, basis_messages(sph, x_chunk[position]))
 
-        pieces = [recompute(part, a, b, x_ext) for a, b in chunk_bounds(sph_chunks.num_rows, sph_chunks.rows_per_chunk)]
-        return torch.cat(pieces) if pieces else part(0, 0, x_ext)
+        bounds = sph_chunks.bounds
+        if not bounds:
+            return part(0, 0, sph_chunks.rad[:0], x_ext, sph_chunks.slots[:0])
+        rows, sizes, positions = sph_chunks.sources()
+        # One gather of every chunk's input rows, split per chunk (backward: one pass over x_ext)
+        x_chunks = torch.split(x_ext.index_select(0, rows), sizes)
+        pieces = [recompute(part, a, b, rad, x_chunk, position) for (a, b), rad, x_chunk, position
+                  in zip(bounds, row_chunks(sph_chunks.rad, bounds), x_chunks, positions)]
+        return torch.cat(pieces)
 
 
 class PairInteraction(nn.Module):
@@ -201,8 +209,9 @@ class PairInteraction(nn.Module):
         def part(rad_c, sources_c, x_ext):
             return self.bilinear((rad_c @ x_ext[sources_c]).reshape(rad_c.shape[0], -1))
 
-        pieces = [recompute(part, rad_basis[a:b], sources[a:b], x_ext)
-                  for a, b in chunk_bounds(num_atoms, rows_per_chunk(chunk_size, width))]
+        bounds = chunk_bounds(num_atoms, rows_per_chunk(chunk_size, width))
+        pieces = [recompute(part, rad_c, sources[a:b], x_ext)
+                  for (a, b), rad_c in zip(bounds, row_chunks(rad_basis, bounds))]
         out = torch.cat(pieces) if pieces else part(rad_basis[:0], sources[:0], x_ext)
         out = self.scale_rbf_sum(out, ref=None)
         return self.up_projection(out)
@@ -244,6 +253,17 @@ def edge_rows(num_edges: int, chunk_size: int) -> list[tuple[int, int]]:
     return chunk_bounds(num_edges, max(1, chunk_size // 64))
 
 
+def symmetric_row_chunks(x: torch.Tensor, id_swap: torch.Tensor, bounds: list) -> tuple[list, list]:
+    """Chunks of rows of an aggregated interaction output ``x`` and of ``x[id_swap]`` (its rows for
+    the reversed edges), for :meth:`TripletInteraction.output_rows` in lean mode; both by
+    :func:`row_chunks`, so their backward is one pass over ``x`` instead of one per chunk."""
+    return row_chunks(x, bounds), row_chunks(x.index_select(0, id_swap), bounds)
+
+
+def _symmetric_rows(interaction, x_rows, x_swapped_rows):
+    return _scaled(interaction.up_projection_ca(x_rows) + interaction.up_projection_ac(x_swapped_rows), INV_SQRT_2)
+
+
 def _cat(pieces: list, empty):
     return torch.cat(pieces) if pieces else empty()
 
@@ -280,7 +300,8 @@ class OutputBlock(AtomUpdateBlock):
     def forward_lean(self, h, m, basis_rad, idx_atom, chunk_size: int, with_forces: bool = True):
         """:meth:`forward` with the per-edge work in chunks of edges, recomputed in backward."""
         bounds = edge_rows(m.shape[0], chunk_size)
-        weighted = _cat([recompute(_weighted_rows, self.dense_rbf, m[a:b], basis_rad[a:b]) for a, b in bounds],
+        m_rows, basis_rows = row_chunks(m, bounds), row_chunks(basis_rad, bounds)
+        weighted = _cat([recompute(_weighted_rows, self.dense_rbf, m_c, basis_c) for m_c, basis_c in zip(m_rows, basis_rows)],
                         lambda: m * self.dense_rbf(basis_rad))
         x_e = scatter_sum(weighted, idx_atom, h.shape[0])
         if self.training and self.edge_dropout:
@@ -295,7 +316,8 @@ class OutputBlock(AtomUpdateBlock):
             x_f = _run(self.seq_forces, m_c)
             return self.scale_rbf_F(x_f * self.dense_rbf_F(basis_c), ref=None)
 
-        x_f = _cat([recompute(forces, m[a:b], basis_rad[a:b]) for a, b in bounds], lambda: forces(m, basis_rad))
+        x_f = _cat([recompute(forces, m_c, basis_c) for m_c, basis_c in zip(m_rows, basis_rows)],
+                   lambda: forces(m, basis_rad))
         return x_e, x_f
 
 
@@ -389,7 +411,9 @@ class InteractionBlock(nn.Module):
                     e2a.source(e2a.dense_ba(m_c), rad_e2a))
 
         rads = (bases.e2e.rad, bases.qint.rad, bases.e2a.rad)
-        pieces = [recompute(sources, m[a:b], *(r[a:b] for r in rads)) for a, b in bounds] or [sources(m, *rads)]
+        m_rows = row_chunks(m, bounds)
+        pieces = [recompute(sources, *rows) for rows in zip(m_rows, *(row_chunks(r, bounds) for r in rads))]
+        pieces = pieces or [sources(m, *rads)]
         src_e2e, src_q, src_e2a = (torch.cat(p) for p in zip(*pieces))
 
         x_e2e = trip.aggregate_chunked(bases.e2e.cir, src_e2e, idx.trip_e2e, chunk_size)
@@ -404,22 +428,24 @@ class InteractionBlock(nn.Module):
             h, bases.a2a_rad, idx.a2a_edge_index, idx.a2a_target_inner, width.a2a, chunk_size=chunk_size
         )
 
-        def edge_update(start, stop, m_c, x_e2e, x_qint, x_a2e):
-            swap = id_swap[start:stop]
-            x = (self.dense_ca(m_c) + trip.output_rows(x_e2e, swap, start, stop)
-                 + quad.output_rows(x_qint, swap, start, stop)
-                 + a2e.output_rows(x_a2e, swap, start, stop)) * scalar(0.5, m_c)
+        def edge_update(m_c, e2e_c, e2e_swapped_c, qint_c, qint_swapped_c, a2e_c, a2e_swapped_c):
+            x = (self.dense_ca(m_c) + trip.output_rows(e2e_c, e2e_swapped_c)
+                 + quad.output_rows(qint_c, qint_swapped_c)
+                 + a2e.output_rows(a2e_c, a2e_swapped_c)) * scalar(0.5, m_c)
             x = _run(self.layers_before_skip, x)
             return _run(self.layers_after_skip, _scaled(m_c + x, INV_SQRT_2))
 
-        m = _cat([recompute(edge_update, a, b, m[a:b], x_e2e, x_qint, x_a2e) for a, b in bounds],
-                 lambda: edge_update(0, num_edges, m, x_e2e, x_qint, x_a2e))
+        rows = [symmetric_row_chunks(x, id_swap, bounds) for x in (x_e2e, x_qint, x_a2e)]
+        m = _cat([recompute(edge_update, m_c, *chunk) for m_c, *chunk in zip(m_rows, *(r for pair in rows for r in pair))],
+                 lambda: edge_update(m, x_e2e, x_e2e[id_swap], x_qint, x_qint[id_swap], x_a2e, x_a2e[id_swap]))
 
         h = _scaled(h + h_e2a + h_a2a, INV_SQRT_3)
         h = _run(self.atom_emb_layers, h)
         update = self.atom_update
         basis = bases.atom_update
-        weighted = _cat([recompute(_weighted_rows, update.dense_rbf, m[a:b], basis[a:b]) for a, b in bounds],
+        m_rows = row_chunks(m, bounds)
+        weighted = _cat([recompute(_weighted_rows, update.dense_rbf, m_c, basis_c)
+                         for m_c, basis_c in zip(m_rows, row_chunks(basis, bounds))],
                         lambda: m * update.dense_rbf(basis))
         x = scatter_sum(weighted, idx.main_edge_index[1], num_atoms)
         h = _scaled(h + _run(update.layers, update.scale_sum(x, ref=None)), INV_SQRT_2)
@@ -430,6 +456,6 @@ class InteractionBlock(nn.Module):
             m2 = _run(self.residual_m, self.concat_layer(h, m_c, edge_index_c))
             return _scaled(m_c + m2, INV_SQRT_2)
 
-        m = _cat([recompute(edge_final, m[a:b], edge_index[:, a:b], h) for a, b in bounds],
+        m = _cat([recompute(edge_final, m_c, edge_index[:, a:b], h) for (a, b), m_c in zip(bounds, m_rows)],
                  lambda: edge_final(m, edge_index, h))
         return h, m

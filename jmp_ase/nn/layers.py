@@ -172,6 +172,16 @@ def chunk_bounds(num_rows: int, rows_per_chunk: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
 
 
+def row_chunks(x: torch.Tensor | None, bounds: list[tuple[int, int]]) -> list:
+    """Rows ``a:b`` of ``x`` for each ``(a, b)`` of ``bounds`` (from :func:`chunk_bounds`: all rows,
+    in order), as one :func:`torch.split`. Its backward assembles the pieces' gradients once;
+    slicing each piece (``x[a:b]``) would make autograd allocate and add a gradient of the whole
+    ``x`` per chunk, a cost that grows with the square of the system size. ``None`` gives Nones."""
+    if x is None:
+        return [None] * len(bounds)
+    return list(torch.split(x, [stop - start for start, stop in bounds]))
+
+
 def rows_per_chunk(chunk_size: int, width: int) -> int:
     """Rows of a padded (rows, width, ...) layout that fit ``chunk_size`` slots (at least one)."""
     return max(1, int(chunk_size) // max(1, int(width)))
@@ -402,9 +412,10 @@ class EfficientInteractionBilinear(nn.Module):
             sph_m = basis_messages(sph_c, x_ext[slots_c])  # (c, S, emb_in)
             return self.finish(rad_w_c, sph_m) if final else sph_m
 
-        step = rows_per_chunk(chunk_size, width)
-        pieces = [recompute(part, rad_w[a:b] if final else None, sph[a:b], slots[a:b], x_ext)
-                  for a, b in chunk_bounds(n_rows, step)]
+        bounds = chunk_bounds(n_rows, rows_per_chunk(chunk_size, width))
+        pieces = [recompute(part, rad_c, sph_c, slots[a:b], x_ext)
+                  for (a, b), rad_c, sph_c in zip(bounds, row_chunks(rad_w if final else None, bounds),
+                                                   row_chunks(sph, bounds))]
         if not pieces:
             pieces = [part(rad_w[:0] if final else None, sph[:0], slots[:0], x_ext)]
         sph_m = torch.cat(pieces)
