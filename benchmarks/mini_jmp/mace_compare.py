@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import ase.io
+import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -54,17 +55,20 @@ print(json.dumps({"energy_mae": float(np.mean(de)), "forces_mae": float(np.conca
 
 
 def mace_files(data: Path, task: dict, folder: Path) -> dict:
-    """The task's train/val/test files with labels under REF_energy / REF_forces (the keys
-    MACE reads without clashing with a calculator's results)."""
+    """The task's train/val/test files (``train_slice`` / ``val_slice`` applied, as jmp-ase's
+    runs apply them) with labels under REF_energy / REF_forces (the keys MACE reads without
+    clashing with a calculator's results). Forces are the raw labels of every atom, constraints
+    dropped: fixed slab atoms keep their labels, as in jmp-ase's training and evaluation."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for split in ("train", "val", "test"):
         path = folder / f"{split}.extxyz"
         if not path.exists():
             frames = []
-            for atoms in ase.io.read(data / task[split], ":"):
-                energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+            for atoms in ase.io.read(data / task[split], task.get(f"{split}_slice", ":")):
+                energy, forces = atoms.calc.results["energy"], atoms.calc.results["forces"]
                 atoms.calc = None
+                atoms.set_constraint()
                 atoms.info["REF_energy"] = energy
                 atoms.arrays["REF_forces"] = forces
                 frames.append(atoms)
@@ -106,15 +110,29 @@ def evaluate_mace(python: str, model: Path, test: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def task_spec(spec: dict, name: str) -> dict:
+    """A task of tasks.yaml: a mini-JMP task, or a shipped model's recipe (``catalysis``: the
+    data of ``jmp-mini-catalysis``, compared with ``--jmp catalysis=jmp-mini-catalysis``)."""
+    if name in spec["tasks"]:
+        return spec["tasks"][name]
+    if name in spec.get("ship", {}):
+        return spec["ship"][name]
+    raise SystemExit(f"Error: unknown task {name!r}; tasks.yaml has {sorted(spec['tasks'])} "
+                     f"and the shipped recipes {sorted(spec.get('ship', {}))}")
+
+
 def jmp_row(name: str, given: dict, data: Path, spec: dict, folder: Path) -> dict:
     """Test errors of the given model file for the task, else of a fine-tune of jmp-mini by
     tasks.yaml's recipe (dihedral_seeds.run_one: one thread, skipped when already done)."""
-    task = spec["tasks"][name]
+    task = task_spec(spec, name)
     test = str(data / task["test"])
     if name in given:
         metrics = evaluate(given[name], test, folder / "eval", threads=1)
         return {"model": f"jmp-ase ({Path(given[name]).name})", "wall_s": None,
                 "energy_mae": metrics["energy_mae"], "forces_mae": metrics["forces_mae"]}
+    if name not in spec["tasks"]:
+        raise SystemExit(f"Error: {name!r} is a shipped model's recipe: compare its model, e.g. "
+                         f"--jmp {name}={task['name']}")
     cfg = finetune_config(task, spec["common"], data, folder, task.get("lr", spec["learning_rates"][-1]),
                           False, "jmp-mini")
     result = run_one(cfg, folder, test)
@@ -144,11 +162,10 @@ def main(argv=None) -> None:
     spec = load_yaml(HERE / "tasks.yaml")
     data = args.data.resolve()
     rows = []
+    torch.set_num_threads(1)  # every model here trains and is tested with one thread (the machine line says so)
     print(f"# machine: {machine()}", flush=True)
     for name in args.tasks:
-        if name not in spec["tasks"]:
-            raise SystemExit(f"Error: unknown task {name!r}; tasks.yaml has {sorted(spec['tasks'])}")
-        task = spec["tasks"][name]
+        task = task_spec(spec, name)
         folder = args.out / name
         files = mace_files(data, task, folder / "mace-data")
         mace = train_mace(args.mace_python, files, folder / "mace", args)
