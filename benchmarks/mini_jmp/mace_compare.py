@@ -176,11 +176,15 @@ def main(argv=None) -> None:
             print(f"{row['task']:>14}  {row['model']:<34} energy {1000 * row['energy_mae']:8.1f} meV  "
                   f"forces {1000 * row['forces_mae']:7.1f} meV/Å  wall {row['wall_s']} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mace_compare.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    settings = {"mace_epochs": args.mace_epochs, "mace_irreps": args.mace_irreps, "mace_r_max": args.mace_r_max,
+                "mace_batch": args.mace_batch, "seed": args.seed, "tasks": args.tasks, "jmp": given}
+    (args.out / "mace_compare.json").write_text(json.dumps({"machine": machine(), "settings": settings, "rows": rows},
+                                                           indent=1))
     lines = ["| task | model | energy MAE (meV) | forces MAE (meV/Å) | wall (s) |", "|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['model']} | {1000 * r['energy_mae']:.1f} | {1000 * r['forces_mae']:.1f} | "
               f"{r['wall_s'] if r['wall_s'] is not None else '-'} |" for r in rows]
-    (args.out / "mace_compare.md").write_text(f"machine: {machine()}\n\n" + "\n".join(lines) + "\n")
+    (args.out / "mace_compare.md").write_text(f"machine: {machine()}\n\nsettings: {json.dumps(settings)}\n\n"
+                                              + "\n".join(lines) + "\n")
     print(f"wrote {args.out / 'mace_compare.md'}", flush=True)
 
 
