@@ -161,9 +161,9 @@ class QuadrupletBasisChunks:
     ``chunks(start, stop, rad)`` returns, for target (main) edges ``start:stop`` (``rad``: their
     rows of the radial basis), the same
     (radial weights (c, emb_sbf, S²), padded spherical basis (c, S², Kmax)) that
-    :meth:`BasisEmbedding.forward_padded` gives for those rows; :meth:`sources` says which
-    input triplet each padded quadruplet reads (padding reads a zero row). Only per-edge and
-    per-triplet tensors are kept for the whole system, never a per-quadruplet one.
+    :meth:`BasisEmbedding.forward_padded` gives for those rows, plus (c, Kmax) indices of each
+    padded quadruplet's input triplet (``T_in`` for padding, whose basis is zero). Only
+    per-edge and per-triplet tensors are kept for the whole system, never a per-quadruplet one.
     """
 
     def __init__(self, layer: SphericalBasisLayer, embedding: BasisEmbedding, rad: torch.Tensor,
@@ -180,20 +180,6 @@ class QuadrupletBasisChunks:
         self.trip_in = with_sentinel(quad.trip_in_to_quad, normal_abd.shape[0])
         self.num_quad = num_quad
         self.bounds = chunk_bounds(self.num_rows, self.rows_per_chunk)  # the chunks of target edges
-        self._sources = None
-
-    def sources(self) -> tuple[torch.Tensor, list[int], list[torch.Tensor]]:
-        """Per chunk of :attr:`bounds`: the distinct input triplets its quadruplets read (``T_in``,
-        the zero row, for padding), all chunks' laid end to end, how many each chunk has, and per
-        padded slot (c, Kmax) the position among its chunk's. Index-only; computed once per pass
-        and shared by the blocks. A chunk then gathers its messages from its own rows: the
-        backward of that gather is the chunk's size, where a gather from all ``T_in`` rows costs
-        a whole-system gradient per chunk (quadratic in the system size)."""
-        if self._sources is None:
-            found = [torch.unique(self.trip_in[self.slots[a:b]], return_inverse=True) for a, b in self.bounds]
-            rows = torch.cat([r for r, _ in found]) if found else self.trip_in[:0]
-            self._sources = (rows, [r.shape[0] for r, _ in found], [position for _, position in found])
-        return self._sources
 
     def __call__(self, start: int, stop: int, rad: torch.Tensor):
         """``rad``: rows ``start:stop`` of the radial basis (from :func:`row_chunks`, so that the
@@ -209,10 +195,11 @@ class QuadrupletBasisChunks:
         if self.cos_cab.shape[0] == 0 or self.normal_abd.shape[0] == 0:
             sph = self.rad.new_zeros(shape + (self.layer.num_spherical ** 2,))
         else:
-            sph = self.layer.angular(self.cos_cab[t_out], self.normal_cab[t_out], self.normal_abd[t_in])
+            sph = self.layer.angular(self.cos_cab.index_select(0, t_out), self.normal_cab.index_select(0, t_out),
+                                     self.normal_abd.index_select(0, t_in))
             sph = torch.where(valid.reshape(-1, 1), sph, torch.zeros_like(sph)).reshape(shape + (-1,))
         rad_w = self.embedding.radial(rad, sph.shape[-1])
-        return rad_w, sph.transpose(1, 2)
+        return rad_w, sph.transpose(1, 2), trip_in
 
 
 def damp_normal(normal: torch.Tensor, epsilon: float) -> torch.Tensor:

@@ -14,6 +14,7 @@ from jmp_ase.nn.layers import (
     EdgeEmbedding,
     EfficientInteractionBilinear,
     basis_messages,
+    gather_rows,
     pad_rows,
     ResidualLayer,
     ScaleFactor,
@@ -162,19 +163,13 @@ class QuadrupletInteraction(nn.Module):
         messages of a chunk's quadruplets are built, contracted and (in backward) rebuilt per chunk."""
         x_ext = with_zero_row(x_db)  # (T_in + 1, emb): messages per input triplet, zero for padding
 
-        def part(start, stop, rad, x_chunk, position):
-            rad_w, sph = sph_chunks(start, stop, rad)
-            return self.mlp_sbf.finish(rad_w, basis_messages(sph, x_chunk[position]))
+        def part(start, stop, rad, x_ext):
+            rad_w, sph, trip_in = sph_chunks(start, stop, rad)
+            return self.mlp_sbf.finish(rad_w, basis_messages(sph, gather_rows(x_ext, trip_in)))
 
         bounds = sph_chunks.bounds
-        if not bounds:
-            return part(0, 0, sph_chunks.rad[:0], x_ext, sph_chunks.slots[:0])
-        rows, sizes, positions = sph_chunks.sources()
-        # One gather of every chunk's input rows, split per chunk (backward: one pass over x_ext)
-        x_chunks = torch.split(x_ext.index_select(0, rows), sizes)
-        pieces = [recompute(part, a, b, rad, x_chunk, position) for (a, b), rad, x_chunk, position
-                  in zip(bounds, row_chunks(sph_chunks.rad, bounds), x_chunks, positions)]
-        return torch.cat(pieces)
+        pieces = [recompute(part, a, b, rad, x_ext) for (a, b), rad in zip(bounds, row_chunks(sph_chunks.rad, bounds))]
+        return torch.cat(pieces) if pieces else part(0, 0, sph_chunks.rad[:0], x_ext)
 
 
 class PairInteraction(nn.Module):
@@ -207,7 +202,7 @@ class PairInteraction(nn.Module):
         sources = with_sentinel(edge_index[0], num_atoms)[padded_slots(edge_index[1], target_inner, num_atoms, width)]
 
         def part(rad_c, sources_c, x_ext):
-            return self.bilinear((rad_c @ x_ext[sources_c]).reshape(rad_c.shape[0], -1))
+            return self.bilinear((rad_c @ gather_rows(x_ext, sources_c)).reshape(rad_c.shape[0], -1))
 
         bounds = chunk_bounds(num_atoms, rows_per_chunk(chunk_size, width))
         pieces = [recompute(part, rad_c, sources[a:b], x_ext)

@@ -301,6 +301,15 @@ def with_zero_row(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, x.new_zeros((1,) + tuple(x.shape[1:]))])
 
 
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` for an integer ``index`` of any shape: rows of ``x`` (n, ...) -> index.shape + (...).
+
+    Taken by ``index_select``, whose backward (``index_add`` into zeros) is about twice as fast
+    on CPU as that of advanced indexing (``index_put`` with accumulation): it matters in lean
+    mode, where each chunk's gather from a whole-system tensor pays that backward once."""
+    return x.index_select(0, index.reshape(-1)).view(tuple(index.shape) + tuple(x.shape[1:]))
+
+
 def with_sentinel(index: torch.Tensor, sentinel: int) -> torch.Tensor:
     """``index`` (n,) with ``sentinel`` appended, so that ``index_ext[slots]`` maps padding to it."""
     return torch.cat([index, index.new_full((1,), sentinel)])
@@ -409,7 +418,7 @@ class EfficientInteractionBilinear(nn.Module):
         final = idx_agg2_outer is None
 
         def part(rad_w_c, sph_c, slots_c, x_ext):
-            sph_m = basis_messages(sph_c, x_ext[slots_c])  # (c, S, emb_in)
+            sph_m = basis_messages(sph_c, gather_rows(x_ext, slots_c))  # (c, S, emb_in)
             return self.finish(rad_w_c, sph_m) if final else sph_m
 
         bounds = chunk_bounds(n_rows, rows_per_chunk(chunk_size, width))
