@@ -121,9 +121,10 @@ def task_spec(spec: dict, name: str) -> dict:
                      f"and the shipped recipes {sorted(spec.get('ship', {}))}")
 
 
-def jmp_row(name: str, given: dict, data: Path, spec: dict, folder: Path) -> dict:
+def jmp_row(name: str, given: dict, data: Path, spec: dict, folder: Path, epochs: int | None = None) -> dict:
     """Test errors of the given model file for the task, else of a fine-tune of jmp-mini by
-    tasks.yaml's recipe (dihedral_seeds.run_one: one thread, skipped when already done)."""
+    tasks.yaml's recipe, for ``epochs`` instead of the recipe's where given (the schedule
+    follows; dihedral_seeds.run_one: one thread, skipped when already done)."""
     task = task_spec(spec, name)
     test = str(data / task["test"])
     if name in given:
@@ -133,12 +134,14 @@ def jmp_row(name: str, given: dict, data: Path, spec: dict, folder: Path) -> dic
     if name not in spec["tasks"]:
         raise SystemExit(f"Error: {name!r} is a shipped model's recipe: compare its model, e.g. "
                          f"--jmp {name}={task['name']}")
+    if epochs is not None:
+        task, folder = {**task, "max_epochs": epochs}, folder.with_name(f"{folder.name}-{epochs}epochs")
     cfg = finetune_config(task, spec["common"], data, folder, task.get("lr", spec["learning_rates"][-1]),
                           False, "jmp-mini")
     result = run_one(cfg, folder, test)
     if "error" in result:
         raise SystemExit(f"Error: fine-tuning failed: {result['error']}")
-    return {"model": "jmp-ase (fine-tuned from jmp-mini)", **result}
+    return {"model": f"jmp-ase (fine-tuned from jmp-mini, {task['max_epochs']} epochs)", **result}
 
 
 def main(argv=None) -> None:
@@ -150,6 +153,7 @@ def main(argv=None) -> None:
     p.add_argument("--jmp", nargs="*", default=[], metavar="TASK=MODEL",
                    help="use this jmp-ase model file (or shipped name) for TASK instead of fine-tuning")
     p.add_argument("--mace-epochs", type=int, default=8)
+    p.add_argument("--jmp-epochs", type=int, help="fine-tune for this many epochs instead of tasks.yaml's")
     p.add_argument("--mace-irreps", default="32x0e", help="MACE hidden irreps (32x0e: L = 0, 32 channels)")
     p.add_argument("--mace-r-max", type=float, default=5.0, help="MACE cutoff (Å)")
     p.add_argument("--mace-batch", type=int, default=10)
@@ -171,13 +175,14 @@ def main(argv=None) -> None:
         mace = train_mace(args.mace_python, files, folder / "mace", args)
         rows.append({"task": name, "model": "MACE from scratch", "wall_s": mace["wall_s"],
                      **evaluate_mace(args.mace_python, mace["model"], files["test"])})
-        rows.append({"task": name, **jmp_row(name, given, data, spec, folder / "jmp")})
+        rows.append({"task": name, **jmp_row(name, given, data, spec, folder / "jmp", args.jmp_epochs)})
         for row in rows[-2:]:
             print(f"{row['task']:>14}  {row['model']:<34} energy {1000 * row['energy_mae']:8.1f} meV  "
                   f"forces {1000 * row['forces_mae']:7.1f} meV/Å  wall {row['wall_s']} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {"mace_epochs": args.mace_epochs, "mace_irreps": args.mace_irreps, "mace_r_max": args.mace_r_max,
-                "mace_batch": args.mace_batch, "seed": args.seed, "tasks": args.tasks, "jmp": given}
+                "mace_batch": args.mace_batch, "seed": args.seed, "tasks": args.tasks, "jmp": given,
+                "jmp_epochs": args.jmp_epochs}
     (args.out / "mace_compare.json").write_text(json.dumps({"machine": machine(), "settings": settings, "rows": rows},
                                                            indent=1))
     lines = ["| task | model | energy MAE (meV) | forces MAE (meV/Å) | wall (s) |", "|---|---|---|---|---|"]
