@@ -12,6 +12,12 @@ weight), one thread. Each jmp-ase model is either a given model file (``--jmp TA
 or fine-tuned here from ``jmp-mini`` by tasks.yaml's recipe. Both meet the task's test file
 through the same MAE: energy per structure (meV), forces per component (meV/Å).
 
+Tasks are those of tasks.yaml (``aspirin-1000``, ``aspirin-50``, ``peptide``, ...) and
+``catalysis``, the recipe of the shipped ``jmp-mini-catalysis`` (compare that model with
+``--jmp catalysis=jmp-mini-catalysis``; labels of fixed slab atoms count, as in jmp-ase's own
+training and evaluation). ``--mace-epochs`` and ``--jmp-epochs`` set the two budgets; each side's
+runs are kept in --out and reused when asked again.
+
 Prints one row per task and model with its wall time, and writes ``mace_compare.json`` and
 ``mace_compare.md`` to --out (a scratch folder unless you point it elsewhere).
 """
