@@ -43,6 +43,12 @@ def _symmetric_output(module: nn.Module, x: torch.Tensor, id_swap: torch.Tensor)
     return _scaled(module.up_projection_ca(x) + module.up_projection_ac(x).index_select(0, id_swap), INV_SQRT_2)
 
 
+def _symmetric_rows(module: nn.Module, x_rows: torch.Tensor, x_swapped_rows: torch.Tensor) -> torch.Tensor:
+    """:func:`_symmetric_output` for some rows (lean mode), given those rows of ``x`` and of
+    ``x[id_swap]`` (the projection is row-wise: swapping before or after it is the same)."""
+    return _scaled(module.up_projection_ca(x_rows) + module.up_projection_ac(x_swapped_rows), INV_SQRT_2)
+
+
 class TripletInteraction(nn.Module):
     """Messages from edges (or atoms) b->a to edges c->a through the angle c-a-b."""
 
@@ -253,10 +259,6 @@ def symmetric_row_chunks(x: torch.Tensor, id_swap: torch.Tensor, bounds: list) -
     the reversed edges), for :meth:`TripletInteraction.output_rows` in lean mode; both by
     :func:`row_chunks`, so their backward is one pass over ``x`` instead of one per chunk."""
     return row_chunks(x, bounds), row_chunks(x.index_select(0, id_swap), bounds)
-
-
-def _symmetric_rows(interaction, x_rows, x_swapped_rows):
-    return _scaled(interaction.up_projection_ca(x_rows) + interaction.up_projection_ac(x_swapped_rows), INV_SQRT_2)
 
 
 def _cat(pieces: list, empty):
