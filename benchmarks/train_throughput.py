@@ -35,7 +35,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE / "mini_jmp"))
-from run import finetune_config, load_yaml, pretrain_config, write_slice  # noqa: E402  (benchmarks/mini_jmp/run.py)
+from run import finetune_config, load_yaml, pretrain_config, task_spec, write_slice  # noqa: E402  (benchmarks/mini_jmp/run.py)
 
 FINETUNE_TASKS = {"aspirin": "aspirin-1000", "catalysis": "catalysis"}  # case -> tasks.yaml task
 LINE = re.compile(r"training: ([0-9.e+]+) structures/s per process, ([0-9.]+) % of it waiting for data"
@@ -95,7 +95,7 @@ def pretrain_case(data: Path, work: Path, steps: int, workers: int, threads: int
 
 def finetune_case(task_name: str, data: Path, work: Path, steps: int, workers: int, threads: int):
     spec = load_yaml(HERE / "mini_jmp" / "tasks.yaml")
-    task = dict({**spec["tasks"], **spec.get("ship", {})}[task_name])
+    task = dict(task_spec(spec, task_name))
     batch = int(task.get("batch_size", spec["common"]["batch_size"]))
     train = task.pop("train_slice", None) or ":"
     train_file = write_slice(data / task["train"], train, work / "all.extxyz")

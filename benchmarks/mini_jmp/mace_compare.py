@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from backbone_speed import machine  # noqa: E402
 from dihedral_seeds import run_one  # noqa: E402
-from run import evaluate, finetune_config, load_yaml  # noqa: E402
+from run import evaluate, finetune_config, load_yaml, task_spec  # noqa: E402
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -114,17 +114,6 @@ def evaluate_mace(python: str, model: Path, test: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"Error: MACE evaluation failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def task_spec(spec: dict, name: str) -> dict:
-    """A task of tasks.yaml: a mini-JMP task, or a shipped model's recipe (``catalysis``: the
-    data of ``jmp-mini-catalysis``, compared with ``--jmp catalysis=jmp-mini-catalysis``)."""
-    if name in spec["tasks"]:
-        return spec["tasks"][name]
-    if name in spec.get("ship", {}):
-        return spec["ship"][name]
-    raise SystemExit(f"Error: unknown task {name!r}; tasks.yaml has {sorted(spec['tasks'])} "
-                     f"and the shipped recipes {sorted(spec.get('ship', {}))}")
 
 
 def jmp_row(name: str, given: dict, data: Path, spec: dict, folder: Path, epochs: int | None = None) -> dict:

@@ -50,6 +50,17 @@ def load_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def task_spec(spec: dict, name: str) -> dict:
+    """A task of tasks.yaml (the dict ``load_yaml`` read): a mini-JMP task, or a shipped model's
+    recipe from its ``ship`` section (``catalysis``: the data of ``jmp-mini-catalysis``)."""
+    if name in spec["tasks"]:
+        return spec["tasks"][name]
+    if name in spec.get("ship", {}):
+        return spec["ship"][name]
+    raise SystemExit(f"Error: unknown task {name!r}; tasks.yaml has {sorted(spec['tasks'])} "
+                     f"and the shipped recipes {sorted(spec.get('ship', {}))}")
+
+
 # ----------------------------------------------------------------------------- planning
 def pretrain_config(data: Path, out: Path, quick: bool) -> dict:
     cfg = load_yaml(HERE / "pretrain.yaml")
