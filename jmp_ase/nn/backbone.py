@@ -263,7 +263,8 @@ class GemNetOCBackbone(nn.Module):
         dense 12 Å graphs); ``"lean"``: triplet, quadruplet and atom-pair interactions in chunks of
         ``chunk_size`` padded slots and the per-edge MLPs in chunks of ``chunk_size // 64`` edges;
         while autograd records, every chunk is recomputed in backward instead of kept (activation
-        checkpointing), so only a few per-edge tensors per block are kept; ``"auto"`` (default): lean for
+        checkpointing, :func:`jmp_ase.nn.recompute.recompute`: also the first backward of a force
+        loss's second derivative), so only a few per-edge tensors per block are kept; ``"auto"`` (default): lean for
         systems above :data:`AUTO_LEAN_SLOTS` padded quadruplet slots, fast below (small molecules
         pay nothing), and fast above it too where the fast pass's estimated peak is at most
         :data:`AUTO_FAST_FRACTION` of the available memory (a large machine or GPU pays no

@@ -13,6 +13,7 @@ from torch import nn
 
 from jmp_ase.data.index_types import InteractionIndices
 
+from jmp_ase.nn.recompute import recompute
 from jmp_ase.nn.layers import (
     BasisEmbedding,
     Dense,
@@ -20,7 +21,6 @@ from jmp_ase.nn.layers import (
     chunk_bounds,
     outer_product,
     padded_slots,
-    recompute,
     row_chunks,
     rows_per_chunk,
     scalar,
@@ -181,22 +181,29 @@ class QuadrupletBasisChunks:
         self.num_quad = num_quad
         self.bounds = chunk_bounds(self.num_rows, self.rows_per_chunk)  # the chunks of target edges
 
-    def __call__(self, start: int, stop: int, rad: torch.Tensor):
+    @property
+    def geometry(self) -> tuple:
+        """(cos_cab, normal_cab, normal_abd): the per-triplet tensors a chunk's basis is built from."""
+        return self.cos_cab, self.normal_cab, self.normal_abd
+
+    def __call__(self, start: int, stop: int, rad: torch.Tensor, cos_cab: torch.Tensor, normal_cab: torch.Tensor,
+                 normal_abd: torch.Tensor):
         """``rad``: rows ``start:stop`` of the radial basis (from :func:`row_chunks`, so that the
-        backward of taking them is not one whole-system gradient per chunk)."""
+        backward of taking them is not one whole-system gradient per chunk); the rest:
+        :attr:`geometry`, passed in so that a recomputed chunk differentiates through them."""
         slots = self.slots[start:stop]  # (c, K) quadruplet ids, num_quad = padding
         valid = slots < self.num_quad
         trip_out = self.trip_out[slots]
         trip_in = self.trip_in[slots]
         shape = slots.shape
         # Padding slots read the last real triplet (any valid geometry) and are zeroed below.
-        t_out = trip_out.clamp(max=max(self.cos_cab.shape[0] - 1, 0)).reshape(-1)
-        t_in = trip_in.clamp(max=max(self.normal_abd.shape[0] - 1, 0)).reshape(-1)
-        if self.cos_cab.shape[0] == 0 or self.normal_abd.shape[0] == 0:
-            sph = self.rad.new_zeros(shape + (self.layer.num_spherical ** 2,))
+        t_out = trip_out.clamp(max=max(cos_cab.shape[0] - 1, 0)).reshape(-1)
+        t_in = trip_in.clamp(max=max(normal_abd.shape[0] - 1, 0)).reshape(-1)
+        if cos_cab.shape[0] == 0 or normal_abd.shape[0] == 0:
+            sph = rad.new_zeros(shape + (self.layer.num_spherical ** 2,))
         else:
-            sph = self.layer.angular(self.cos_cab.index_select(0, t_out), self.normal_cab.index_select(0, t_out),
-                                     self.normal_abd.index_select(0, t_in))
+            sph = self.layer.angular(cos_cab.index_select(0, t_out), normal_cab.index_select(0, t_out),
+                                     normal_abd.index_select(0, t_in))
             sph = torch.where(valid.reshape(-1, 1), sph, torch.zeros_like(sph)).reshape(shape + (-1,))
         rad_w = self.embedding.radial(rad, sph.shape[-1])
         return rad_w, sph.transpose(1, 2), trip_in

@@ -9,6 +9,7 @@ from torch import nn
 from jmp_ase.data.index_types import InteractionIndices
 from jmp_ase.nn.bases import BasisSet
 
+from jmp_ase.nn.recompute import recompute
 from jmp_ase.nn.layers import (
     Dense,
     EdgeEmbedding,
@@ -19,7 +20,6 @@ from jmp_ase.nn.layers import (
     ResidualLayer,
     ScaleFactor,
     chunk_bounds,
-    recompute,
     row_chunks,
     rows_per_chunk,
     padded_slots,
@@ -169,13 +169,15 @@ class QuadrupletInteraction(nn.Module):
         messages of a chunk's quadruplets are built, contracted and (in backward) rebuilt per chunk."""
         x_ext = with_zero_row(x_db)  # (T_in + 1, emb): messages per input triplet, zero for padding
 
-        def part(start, stop, rad, x_ext):
-            rad_w, sph, trip_in = sph_chunks(start, stop, rad)
+        def part(start, stop, rad, x_ext, *geometry):
+            rad_w, sph, trip_in = sph_chunks(start, stop, rad, *geometry)
             return self.mlp_sbf.finish(rad_w, basis_messages(sph, gather_rows(x_ext, trip_in)))
 
         bounds = sph_chunks.bounds
-        pieces = [recompute(part, a, b, rad, x_ext) for (a, b), rad in zip(bounds, row_chunks(sph_chunks.rad, bounds))]
-        return torch.cat(pieces) if pieces else part(0, 0, sph_chunks.rad[:0], x_ext)
+        geometry = sph_chunks.geometry
+        pieces = [recompute(part, a, b, rad, x_ext, *geometry)
+                  for (a, b), rad in zip(bounds, row_chunks(sph_chunks.rad, bounds))]
+        return torch.cat(pieces) if pieces else part(0, 0, sph_chunks.rad[:0], x_ext, *geometry)
 
 
 class PairInteraction(nn.Module):

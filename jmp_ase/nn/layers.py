@@ -9,7 +9,8 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from jmp_ase.nn.recompute import recompute
 
 
 _SCALARS: dict = {}
@@ -185,15 +186,6 @@ def row_chunks(x: torch.Tensor | None, bounds: list[tuple[int, int]]) -> list:
 def rows_per_chunk(chunk_size: int, width: int) -> int:
     """Rows of a padded (rows, width, ...) layout that fit ``chunk_size`` slots (at least one)."""
     return max(1, int(chunk_size) // max(1, int(width)))
-
-
-def recompute(fn, *args):
-    """``fn(*args)``; while autograd records, its intermediates are not kept but recomputed in
-    backward (activation checkpointing, ``use_reentrant=False``: works with ``torch.autograd.grad``
-    and with a second derivative)."""
-    if torch.is_grad_enabled():
-        return checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
 
 
 def padded_slots(idx_outer: torch.Tensor, idx_inner: torch.Tensor, num_rows: int, width: int) -> torch.Tensor:
