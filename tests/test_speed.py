@@ -119,6 +119,32 @@ def test_auto_turns_lean_where_fast_would_not_fit(small_memory, monkeypatch):
     assert chosen == []
 
 
+def test_training_with_a_force_loss_counts_the_second_derivative(small_memory, monkeypatch):
+    """A fine-tuning step (training mode, conservative forces in the loss) needs about twice a
+    calculator call's memory or more: auto turns lean where only the call would fit fast."""
+    model = tiny_model().double()
+    batch = batch_from_atoms([copper()], model.graph_settings, dtype=torch.float64)
+    idx, n = batch.indices, len(batch.numbers)
+    call = backbone_module.estimate_peak_bytes(model.config, idx, n, 8, lean=False, grad=True)
+    step = backbone_module.estimate_peak_bytes(model.config, idx, n, 8, lean=False, grad=True, second_order=True)
+    assert step == backbone_module.SECOND_ORDER_FACTOR * call > call
+    small_memory[0] = 3 * call // 2  # the call fits fast, the training step does not
+    chosen = []
+    monkeypatch.setattr(backbone_module, "return_freed_memory_to_os", lambda: chosen.append("lean"))
+    model.memory = "auto"
+    model.eval()
+    model(batch)
+    assert chosen == []
+    model.train()
+    model(batch)
+    assert chosen == ["lean"]
+    chosen.clear()
+    with torch.no_grad():  # direct use without forces: no second derivative
+        model(batch, compute_forces=False)
+    model.eval()
+    assert chosen == []
+
+
 def test_auto_stays_fast_above_the_slot_limit_where_memory_is_plentiful(small_memory, monkeypatch):
     """Above AUTO_LEAN_SLOTS auto is lean, unless the fast pass needs at most AUTO_FAST_FRACTION
     of the available memory (a large machine pays no recomputation)."""

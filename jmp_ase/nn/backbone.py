@@ -104,8 +104,13 @@ def _address_space_headroom() -> int | None:
         return None
 
 
+#: a force loss's second derivative (training with conservative forces) at least doubles a pass's
+#: memory (measured, JMP-S Cu 12 Å: fast 126 against 41 MB/atom, lean 7.6-12.8 against 3.5-4.6)
+SECOND_ORDER_FACTOR = 2
+
+
 def estimate_peak_bytes(config: BackboneConfig, idx: InteractionIndices, num_atoms: int, itemsize: int,
-                        lean: bool, grad: bool) -> int:
+                        lean: bool, grad: bool, second_order: bool = False) -> int:
     """A low estimate of the memory one backbone pass allocates, from the graph sizes alone.
 
     Counts only the largest tensors: per main edge and block, activations of width
@@ -115,7 +120,8 @@ def estimate_peak_bytes(config: BackboneConfig, idx: InteractionIndices, num_ato
     a2a messages. Below the measured peaks of JMP-S conservative passes (benchmarks/README.md,
     float32, cutoff 12 Å: Cu 108 fast 3.4 GB estimated / 4.4 GB measured, Cu 256 fast 8.4 / 9.6,
     lean 0.7 / 0.9, Cu 1372 lean 3.8 / 4.7), so a pass refused by :func:`check_memory` would
-    not have fitted.
+    not have fitted. ``second_order``: a force loss will differentiate the forces again
+    (training): times :data:`SECOND_ORDER_FACTOR`.
     """
     c, width = config, idx.padded_width
     edges = idx.main_edge_index.shape[1]
@@ -125,7 +131,7 @@ def estimate_peak_bytes(config: BackboneConfig, idx: InteractionIndices, num_ato
         slots = edges * width.quad
         total += slots * (c.num_spherical ** 2 + (8 * c.num_blocks if grad else 3) * c.emb_size_quad_in)
         total += num_atoms * width.a2a * (c.emb_size_rbf + c.emb_size_aint_in * (c.num_blocks if grad else 1))
-    return int(total) * int(itemsize)
+    return int(total) * int(itemsize) * (SECOND_ORDER_FACTOR if second_order and grad else 1)
 
 
 def check_memory(estimate: int, available: int | None, num_atoms: int, lean: bool) -> None:
@@ -279,8 +285,9 @@ class GemNetOCBackbone(nn.Module):
                         reference: torch.Tensor | None = None) -> int | None:
         """The chunk size this forward pass uses (None: fast path), from host-side sizes only.
 
-        With ``num_atoms`` and ``reference`` (a tensor of the pass: dtype, device; gradients
-        count when it requires them or grad mode is on), the estimated peak memory
+        With ``num_atoms`` and ``reference`` (the positions of the pass: dtype, device; gradients
+        count when grad mode is on, a second derivative when they require one in training mode),
+        the estimated peak memory
         (:func:`estimate_peak_bytes`) is compared with the available memory: ``auto`` turns lean
         where fast would not fit, and a pass that fits in neither mode raises ``MemoryError``
         before any work (instead of the kernel killing the process)."""
@@ -302,10 +309,13 @@ class GemNetOCBackbone(nn.Module):
 
     def _check_memory(self, idx, num_atoms: int, reference: torch.Tensor, mode: str, may_turn_lean: bool) -> str:
         grad = torch.is_grad_enabled()
+        # positions that need a gradient in training mode: conservative forces inside a loss
+        second_order = grad and self.training and reference.requires_grad
         itemsize = reference.element_size()
 
         def estimate(lean):
-            return estimate_peak_bytes(self.config, idx, num_atoms, itemsize, lean=lean, grad=grad)
+            return estimate_peak_bytes(self.config, idx, num_atoms, itemsize, lean=lean, grad=grad,
+                                       second_order=second_order)
 
         need = estimate(mode == "lean")
         if need < MEMORY_CHECK_BYTES:
