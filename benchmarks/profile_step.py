@@ -20,6 +20,9 @@ instead times each case in lockstep: two worker processes, DIR's code ("before")
 one's ("after"), one step each in turn (the order alternating), ``--repeats`` steps each after
 ``--warmup``; it prints the medians of wall and process CPU time and the median over pairs of
 before/after. On a shared machine this is the comparison to trust: both sides see the same load.
+``--compare-env VAR=VALUE`` runs the same lockstep with this checkout on both sides, "before"
+with VAR=VALUE in its environment, e.g. ``JMP_ASE_RETAIN_FREED_MEMORY=0``
+(:mod:`jmp_ase.allocator`: the model's passes set it).
 """
 from __future__ import annotations
 
@@ -129,17 +132,18 @@ def worker(name: str, warmup: int) -> None:
               flush=True)
 
 
-def compare(name: str, other: Path, args) -> None:
-    """Time case ``name`` with ``other``'s code and with this checkout's, in lockstep."""
+def compare(name: str, other: Path | None, args, before_env: dict | None = None) -> None:
+    """Time case ``name`` with ``other``'s code (or this checkout's with ``before_env`` added to the
+    environment) and with this checkout's, in lockstep."""
     import json
     import os
     import subprocess
 
     here = Path(__file__).resolve().parent.parent
-    sides = {"before": Path(other).resolve(), "after": here}
+    sides = {"before": Path(other).resolve() if other is not None else here, "after": here}
     procs = {}
     for side, root in sides.items():
-        env = dict(os.environ, PYTHONPATH=str(root))
+        env = dict(os.environ, PYTHONPATH=str(root), **((before_env or {}) if side == "before" else {}))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--threads", str(args.threads),
                "--warmup", str(args.warmup)]
         procs[side] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
@@ -177,15 +181,18 @@ def main(argv=None):
     p.add_argument("--no-profile", action="store_true", help="median step time only")
     p.add_argument("--compare-with", type=Path, metavar="DIR",
                    help="time each case against the jmp-ase code in DIR, in lockstep (no profile)")
+    p.add_argument("--compare-env", metavar="VAR=VALUE",
+                   help="time each case with VAR=VALUE (before) and without (after), in lockstep")
     p.add_argument("--worker", metavar="CASE", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker:
         return worker(args.worker, args.warmup)
     print(f"# machine: {machine()}")
-    if args.compare_with is not None:
+    if args.compare_with is not None or args.compare_env:
+        before_env = dict([args.compare_env.split("=", 1)]) if args.compare_env else None
         for name in args.cases.split(","):
-            compare(name, args.compare_with, args)
+            compare(name, args.compare_with, args, before_env)
         print(f"# end: {machine().rsplit('; ', 1)[-1]}")
         return
     for name in args.cases.split(","):

@@ -72,6 +72,19 @@ def test_calculator_md_steps_match_fresh_calculators():
     assert calc._index_cache.hits >= 1
 
 
+def spy_lean(monkeypatch, chosen: list) -> None:
+    """Append "lean" to ``chosen`` for every pass that runs in lean mode."""
+    original = backbone_module.GemNetOCBackbone.lean_chunk_size
+
+    def spy(self, *args, **kwargs):
+        size = original(self, *args, **kwargs)
+        if size is not None:
+            chosen.append("lean")
+        return size
+
+    monkeypatch.setattr(backbone_module.GemNetOCBackbone, "lean_chunk_size", spy)
+
+
 @pytest.fixture
 def small_memory(monkeypatch):
     """Every pass is checked, against ``available[0]`` bytes."""
@@ -108,7 +121,7 @@ def test_auto_turns_lean_where_fast_would_not_fit(small_memory, monkeypatch):
     small_memory[0] = (lean_need + fast_need) // 2
     model.memory = "auto"
     chosen = []
-    monkeypatch.setattr(backbone_module, "return_freed_memory_to_os", lambda: chosen.append("lean"))
+    spy_lean(monkeypatch, chosen)
     auto = model(batch)
     assert chosen == ["lean"]
     for key in ("energy", "forces"):
@@ -130,7 +143,7 @@ def test_training_with_a_force_loss_counts_the_second_derivative(small_memory, m
     assert step == backbone_module.SECOND_ORDER_FACTOR * call > call
     small_memory[0] = 3 * call // 2  # the call fits fast, the training step does not
     chosen = []
-    monkeypatch.setattr(backbone_module, "return_freed_memory_to_os", lambda: chosen.append("lean"))
+    spy_lean(monkeypatch, chosen)
     model.memory = "auto"
     model.eval()
     model(batch)
@@ -155,7 +168,7 @@ def test_auto_stays_fast_above_the_slot_limit_where_memory_is_plentiful(small_me
     fast_need = backbone_module.estimate_peak_bytes(model.config, idx, n, 8, lean=False, grad=True)
     monkeypatch.setattr(backbone_module, "AUTO_LEAN_SLOTS", 0)
     chosen = []
-    monkeypatch.setattr(backbone_module, "return_freed_memory_to_os", lambda: chosen.append("lean"))
+    spy_lean(monkeypatch, chosen)
     for available, expected in ((2 * fast_need, []), (2 * fast_need - 16, ["lean"])):
         small_memory[0] = int(available / backbone_module.AUTO_FAST_FRACTION / 2)
         chosen.clear()

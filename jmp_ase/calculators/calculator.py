@@ -113,7 +113,9 @@ class JMPCalculator(Calculator):
     One calculator may be shared by several threads: each call computes, stores and reads
     its results under a lock, so every caller gets its own structure's results (calls run
     one at a time). Positions are moved to a local origin before the cast to ``dtype``, so
-    float32 round-off does not depend on where the structure sits.
+    float32 round-off does not depend on where the structure sits. On the CPU the model keeps
+    freed memory in the process for the next call, except in lean mode where memory is short
+    (:mod:`jmp_ase.allocator`: faster MD steps; ``JMP_ASE_RETAIN_FREED_MEMORY=0`` turns it off).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]

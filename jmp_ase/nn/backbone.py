@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import copy
-import ctypes
-import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from jmp_ase.allocator import retained_free_bytes, use_policy
 from jmp_ase.data.index_types import InteractionIndices
 from jmp_ase.nn.bases import Bases
 from jmp_ase.nn.config import BackboneConfig
@@ -26,9 +25,12 @@ AUTO_LEAN_SLOTS = 1_000_000
 # ... unless the fast pass's estimated peak is at most this fraction of the available memory (then fast:
 # 2-2.5x quicker; the estimate is a low one, measured peaks were up to 1.4x it).
 AUTO_FAST_FRACTION = 0.5
+# A lean pass that keeps freed memory (jmp_ase.allocator) peaked at up to 1.8x one that releases it
+# (JMP-S on Cu 108 / 256 / 1,372: 1.4x / 1.8x / 1.6x); it does so where this times lean's estimate
+# is at most AUTO_FAST_FRACTION of the available memory.
+LEAN_RETAINED_FACTOR = 2.0
 
 
-_ALLOCATOR_TUNED = False
 # Estimates below this many bytes are not compared with the available memory (no /proc read).
 MEMORY_CHECK_BYTES = 256 * 2**20
 
@@ -37,13 +39,14 @@ def available_memory_bytes(device: torch.device) -> int | None:
     """Memory a forward pass may still use: free GPU memory (``torch.cuda.mem_get_info``) on a
     CUDA device; on the CPU the least of ``MemAvailable`` (/proc/meminfo), the headroom of the
     process's cgroup (a container's limit: cgroup v2 ``memory.max`` or v1 ``limit_in_bytes``, minus
-    its usage) and of ``RLIMIT_AS``; None where none is known."""
+    its usage) and of ``RLIMIT_AS``, plus what the process's heap holds free for reuse
+    (:func:`jmp_ase.allocator.retained_free_bytes`); None where none is known."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     if device.type != "cpu":
         return None
     known = [n for n in (_meminfo_available(), _cgroup_headroom(), _address_space_headroom()) if n is not None]
-    return min(known) if known else None
+    return min(known) + retained_free_bytes() if known else None
 
 
 def _read_number(path: str) -> int | None:
@@ -152,25 +155,6 @@ def check_memory(estimate: int, available: int | None, num_atoms: int, lean: boo
         f"a system of {num_atoms} atoms needs at least {size(estimate)} for this model pass "
         f"({'lean' if lean else 'fast'} memory mode), but only {size(available)} are available: {advice}"
     )
-
-
-def return_freed_memory_to_os() -> None:
-    """Once per process, on Linux with glibc: serve allocations from 128 kB up with their own
-    mmap (a fixed threshold instead of glibc's adaptive one), so the buffers that lean mode frees
-    chunk after chunk go back to the system instead of staying in the heap (measured: peak RSS of
-    a JMP-S conservative pass on 108 Cu atoms 1.8 GB -> 1.0 GB, time unchanged)."""
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return
-    _ALLOCATOR_TUNED = True
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_mmap_threshold = -3
-        libc.mallopt(m_mmap_threshold, 128 * 1024)
-    except (OSError, AttributeError):
-        pass
 
 
 def check_memory_mode(memory: str) -> str:
@@ -290,7 +274,10 @@ class GemNetOCBackbone(nn.Module):
         the estimated peak memory
         (:func:`estimate_peak_bytes`) is compared with the available memory: ``auto`` turns lean
         where fast would not fit, and a pass that fits in neither mode raises ``MemoryError``
-        before any work (instead of the kernel killing the process)."""
+        before any work (instead of the kernel killing the process). On the CPU it also sets
+        what glibc does with freed memory (:mod:`jmp_ase.allocator`): kept for reuse in fast
+        mode and in lean mode with memory to spare, returned to the system in lean mode
+        otherwise."""
         mode = self._memory
         if mode == "auto":
             slots = idx.main_edge_index.shape[1] * idx.padded_width.quad
@@ -302,20 +289,34 @@ class GemNetOCBackbone(nn.Module):
         if num_atoms is not None and reference is not None:
             mode = self._check_memory(idx, num_atoms, reference, mode, may_turn_lean=self._memory == "auto"
                                       and not observing)
+        if reference is None or reference.device.type == "cpu":
+            use_policy("retain" if mode == "fast" or self._lean_may_retain(idx, num_atoms, reference) else "release")
         if mode == "fast":
             return None
-        return_freed_memory_to_os()
         return max(1, int(DEFAULT_CHUNK_SIZE if self.chunk_size is None else self.chunk_size))
 
-    def _check_memory(self, idx, num_atoms: int, reference: torch.Tensor, mode: str, may_turn_lean: bool) -> str:
+    def _estimate(self, idx, num_atoms: int, reference: torch.Tensor, lean: bool) -> int:
+        """:func:`estimate_peak_bytes` for this pass (grad mode; a second derivative where positions
+        that need a gradient meet training mode: conservative forces inside a loss)."""
         grad = torch.is_grad_enabled()
-        # positions that need a gradient in training mode: conservative forces inside a loss
         second_order = grad and self.training and reference.requires_grad
-        itemsize = reference.element_size()
+        return estimate_peak_bytes(self.config, idx, num_atoms, reference.element_size(), lean=lean, grad=grad,
+                                   second_order=second_order)
 
+    def _lean_may_retain(self, idx, num_atoms: int | None, reference: torch.Tensor | None) -> bool:
+        """Whether a lean pass on the CPU keeps freed memory (:mod:`jmp_ase.allocator`): about twice
+        as fast (no page faults per chunk) at up to 1.8x the peak, so only where
+        :data:`LEAN_RETAINED_FACTOR` x lean's estimate fits in :data:`AUTO_FAST_FRACTION` of the
+        available memory."""
+        if num_atoms is None or reference is None:
+            return False
+        available = available_memory_bytes(reference.device)
+        return available is not None and \
+            LEAN_RETAINED_FACTOR * self._estimate(idx, num_atoms, reference, True) <= AUTO_FAST_FRACTION * available
+
+    def _check_memory(self, idx, num_atoms: int, reference: torch.Tensor, mode: str, may_turn_lean: bool) -> str:
         def estimate(lean):
-            return estimate_peak_bytes(self.config, idx, num_atoms, itemsize, lean=lean, grad=grad,
-                                       second_order=second_order)
+            return self._estimate(idx, num_atoms, reference, lean)
 
         need = estimate(mode == "lean")
         if need < MEMORY_CHECK_BYTES:
