@@ -16,8 +16,8 @@ half of a lean-mode call, whose chunks allocate and free the same buffers over a
   energy + forces + stress: peak 5.8 GB against 9.3 GB retained, at twice the time).
 
 The backbone chooses per pass on the CPU (:meth:`jmp_ase.nn.backbone.GemNetOCBackbone.lean_chunk_size`):
-retain in fast mode, and in lean mode where twice lean's estimated peak fits in half the
-available memory; release otherwise. The environment variable ``JMP_ASE_RETAIN_FREED_MEMORY``
+retain in fast mode, and in lean mode where memory is plentiful (3.5x lean's estimated need
+within half the available memory); release otherwise. The environment variable ``JMP_ASE_RETAIN_FREED_MEMORY``
 overrides: ``always`` (retain in every pass), ``0`` (leave glibc's defaults alone). Process-wide;
 nothing changes on other platforms or C libraries.
 """
