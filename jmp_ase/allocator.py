@@ -24,6 +24,7 @@ nothing changes on other platforms or C libraries.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -46,14 +47,17 @@ class _Mallinfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc():
-    """The process's C library when it is glibc (has ``mallopt``), else None."""
+    """The process's C library when it is glibc (has ``mallopt``), else None (looked up once)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 (musl and others lack it)
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        if hasattr(libc, "mallinfo2"):  # glibc 2.33 and later
+            libc.mallinfo2.restype = _Mallinfo2
         return libc
     except (OSError, AttributeError):
         return None
@@ -94,5 +98,4 @@ def retained_free_bytes() -> int:
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return 0
-    libc.mallinfo2.restype = _Mallinfo2
     return int(libc.mallinfo2().fordblks)
