@@ -65,6 +65,11 @@ ANTICIPATED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
 @click.option("--init-energy-head",
               help="Start the energy head from this pre-training head of the parent (e.g. molecules-gfn2 of "
                    "jmp-mini) instead of a new random head.")
+@click.option("--replay", multiple=True, metavar="HEAD=FILE",
+              help="Multi-head replay: every step also trains the parent's pre-training head HEAD (energy and "
+                   "direct forces) on a batch of FILE, its pre-training data, so the backbone keeps what it "
+                   "learned; repeat for several heads.")
+@click.option("--replay-weight", type=float, help="Weight of the replay loss against the task's (default 0.1).")
 @click.option("--committee", type=int,
               help="K energy MLPs on one backbone pass, each trained on the labels: the energy is their mean and "
                    "the calculator gives energy_std and forces_std (K backward passes per training step).")
@@ -101,6 +106,7 @@ def finetune(config, threads, **options):
     from jmp_ase.training.preflight import preflight_finetune
 
     options["devices"] = _devices(options["devices"])
+    options["replay"] = _replay(options["replay"])
     try:
         requested_threads(threads)
         settings = FinetuneConfig.from_yaml(config, **options)
@@ -113,6 +119,16 @@ def finetune(config, threads, **options):
         raise click.ClickException(str(err)) from None
     if summary["text"]:
         click.echo(summary["text"])
+
+
+def _replay(values: tuple[str, ...]) -> dict | None:
+    """``--replay HEAD=FILE`` options as the config's mapping (None when not given)."""
+    if not values:
+        return None
+    bad = [v for v in values if "=" not in v or not v.split("=", 1)[0] or not v.split("=", 1)[1]]
+    if bad:
+        raise click.BadParameter(f"expected HEAD=FILE, got {bad[0]!r}", param_hint="--replay")
+    return dict(v.split("=", 1) for v in values)
 
 
 def default_targets(model, labels: list[str]) -> list[str]:

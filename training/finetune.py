@@ -50,6 +50,7 @@ from jmp_ase.calculators.evaluation import ErrorSums
 from jmp_ase.training.finetune_module import FinetuneModule, StepRows, throughput
 from jmp_ase.training.head_init import head_specs_for_start, start_energy_head
 from jmp_ase.training.losses import compute_losses
+from jmp_ase.training.replay import Replay
 from jmp_ase.training.parent import Parent, graph_settings, load_parent, parent_of, unseen_elements
 from jmp_ase.training.preflight import is_worker_process, preflight_finetune
 from jmp_ase.training.scaling import fit_scale_factors
@@ -196,14 +197,19 @@ def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None,
     return model, info
 
 
-def freeze_unused(model: FineTunedModel, batch, config: FinetuneConfig) -> list[str]:
+def freeze_unused(model: FineTunedModel, batch, config: FinetuneConfig, replay: Replay | None = None) -> list[str]:
     """Freeze the parameters no gradient of the loss reaches (found on one batch: which
-    parameters the loss uses depends on the heads and targets, not on the data). DDP
-    requires every parameter it is handed to get a gradient in every step."""
+    parameters the loss uses depends on the heads and targets, not on the data; with
+    ``replay``, its loss on its first batch counts too). DDP requires every parameter it is
+    handed to get a gradient in every step."""
     atoms_batch, targets = batch
     model.zero_grad(set_to_none=True)
     preds = model(atoms_batch, compute_stress="stress" in config.targets, compute_forces="forces" in config.targets)
     loss, _ = compute_losses(preds, targets, {}, {})
+    if replay is not None:
+        loss = loss + replay.loss(model)
+        replay.zero_grad(set_to_none=True)
+        replay.restart()
     loss.backward()
     frozen = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     for name, p in model.named_parameters():
@@ -337,9 +343,13 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
     if model.model_config.provenance.get("parent") == "scratch" and config.scale_fit_batches and saved is None:
         fit_scratch_scales(model, datasets["train"], config)
     probe = collate([datasets["train"][i] for i in range(min(2, len(datasets["train"])))])
-    frozen = freeze_unused(model, probe, config)
+    replay = Replay.of(config, parent, model) if config.replay else None
+    frozen = freeze_unused(model, probe, config, replay)
     say(describe_settings(model, sources, config, frozen))
-    module = FinetuneModule(model, config, scales, datasets, provenance)
+    if replay is not None:
+        say(replay.describe(config.replay_weight))
+        provenance["replay"] = {"data": dict(config.replay), "weight": float(config.replay_weight)}
+    module = FinetuneModule(model, config, scales, datasets, provenance, replay)
     callbacks = [
         EMA(config.ema_decay),  # the same EMA as pre-training: per optimiser step, swapped in to validate
         L.pytorch.callbacks.EarlyStopping("val_loss", min_delta=config.early_stopping_min_delta,

@@ -51,6 +51,11 @@ class FinetuneConfig:
     smooth_dihedral: bool | None = None  # smooth quadruplet basis; None: on with conservative forces
     dihedral_damping: float = DEFAULT_DIHEDRAL_DAMPING  # ε of the smooth basis (BackboneConfig.dihedral_damping)
     init_energy_head: str | None = None  # start the energy head from this pre-training head of the parent (head_init.py)
+    # multi-head replay (replay.py): pre-training head name -> training file(s) of its data set; each step
+    # adds replay_weight x the pre-training loss of one batch of those data through the parent's own heads
+    replay: dict | None = None
+    replay_weight: float = 0.1
+    replay_batch_size: int | None = None  # structures per replay batch; None: batch_size
     force_error_limit: float = 100.0  # stop when a structure's force error exceeds this many force-label RMS
     loss_weights: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 1.0})
     # "mae": JMP's absolute errors (force: error norm per atom); "mse": their squares over σ², as MACE
@@ -127,6 +132,16 @@ class FinetuneConfig:
             raise ValueError(f"final_lr_factor must be positive, got {self.final_lr_factor}")
         if int(self.committee) < 1 or (int(self.committee) > 1 and self.direct_forces):
             raise ValueError(f"--committee must be at least 1 (and 1 with direct_forces), got {self.committee}")
+        if self.replay is not None:
+            if not isinstance(self.replay, dict) or not self.replay:
+                raise ValueError(f"replay must map pre-training head names to their training data, got {self.replay!r}")
+            if self.scratch or not self.pretrained:
+                raise ValueError("replay trains the parent's pre-training heads: it needs a pre-trained parent "
+                                 "(pretrained: PATH, not scratch)")
+            if not float(self.replay_weight) > 0:
+                raise ValueError(f"replay_weight must be positive, got {self.replay_weight}")
+            if self.replay_batch_size is not None and int(self.replay_batch_size) < 1:
+                raise ValueError(f"replay_batch_size must be at least 1, got {self.replay_batch_size}")
         if self.loss not in LOSS_KINDS:
             raise ValueError(f"--loss must be one of {LOSS_KINDS}, got {self.loss!r}")
         if self.element_references is not None:

@@ -40,9 +40,11 @@ class FinetuneModule(L.LightningModule):
     """
 
     def __init__(self, model: FineTunedModel, config: FinetuneConfig, scales: dict, datasets: dict,
-                 provenance: dict | None = None):
+                 provenance: dict | None = None, replay=None):
         super().__init__()
         self.model, self.config, self.scales = model, config, scales
+        self.replay = replay  # training/replay.py: the parent's pre-training heads, trained beside the task
+        self._replay_sum = [0.0, 0]
         self.datasets = datasets
         self.provenance = provenance or {}
         self.best = {"val_loss": math.inf, "epoch": -1}
@@ -126,6 +128,10 @@ class FinetuneModule(L.LightningModule):
         check_force_errors(preds, targets, atoms_batch, self.force_error_limit)
         loss, terms = compute_losses(preds, targets, self.weights, self.scales, self.config.loss)
         self._train.add(preds, targets)
+        if self.replay is not None:
+            replay_loss = self.replay.loss(self.model, self.trainer.world_size, self.trainer.global_rank)
+            loss = loss + self.config.replay_weight * replay_loss
+            self._replay_sum = [self._replay_sum[0] + float(replay_loss.detach()), self._replay_sum[1] + 1]
         self._loss = loss.detach()
         self.log("loss", self._loss, prog_bar=True, batch_size=atoms_batch.num_structures)
         return loss
@@ -185,7 +191,9 @@ class FinetuneModule(L.LightningModule):
         row = {"epoch": self.current_epoch, **self._synced(self._train).metrics(self.weights, self.scales, "train_"),
                **self._val_metrics, "lr": max(g["lr"] for g in self.optimizers().param_groups),
                "elapsed_s": round(time.perf_counter() - self._fit_start, 2), **throughput(self._epoch_timing)}
-        self._train, self._val_metrics = ErrorSums(), {}
+        if self.replay is not None:  # the parent's pre-training loss on the replay batches (normalised, eq. 1)
+            row["train_replay_loss"] = self._replay_sum[0] / max(self._replay_sum[1], 1)
+        self._train, self._val_metrics, self._replay_sum = ErrorSums(), {}, [0.0, 0]
         path = self.out / "metrics.csv"
         if self.trainer.is_global_zero:
             new = not path.exists()
@@ -210,6 +218,9 @@ class FinetuneModule(L.LightningModule):
         groups = param_groups_with_llrd(self.model, c.lr, c.llrd_decay, c.weight_decay)
         for group in groups:  # parameters outside the loss are frozen (freeze_unused): not optimised
             group["params"] = [p for p in group["params"] if p.requires_grad]
+        if self.replay is not None:  # the pre-training heads: the top layer's rate
+            groups.append({"name": "replay_heads", "params": [p for p in self.replay.parameters() if p.requires_grad],
+                           "lr": c.lr, "lr_scale": 1.0, "weight_decay": c.weight_decay})
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=c.lr, betas=tuple(c.betas))
         steps_per_epoch = train_batches_per_epoch(len(self.datasets["train"]), c.batch_size, self.trainer.world_size)
         warmup = int(round(c.warmup_epochs * steps_per_epoch))

@@ -15,7 +15,8 @@ PHYSICAL = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³"}
 NORMALISED = "dimensionless (normalised by the training-set scales)"
 _OTHER = {"epoch": "count", "step": "count", "batch": "count", "structures": "count", "lr": "dimensionless",
           "elapsed_s": "s", "data_s": "s", "step_s": "s", "structures_per_s": "structures/s",
-          "data_wait_share": "fraction of the time", "grad_norm": NORMALISED}
+          "data_wait_share": "fraction of the time", "grad_norm": NORMALISED,
+          "train_replay_loss": "dimensionless (pre-training loss, normalised by the parent's statistics)"}
 UNITS_FILE = "metrics_units.json"
 
 

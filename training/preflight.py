@@ -125,6 +125,8 @@ def preflight_finetune(config) -> Path | None:
         check_data(config.val, config.targets, "--val", config.format)
     if config.test:
         check_data(config.test, config.targets, "--test", config.format)
+    for head, files in (config.replay or {}).items():
+        check_data(files, ["energy", "forces"], f"replay data of head {head!r}", config.format)
     if not is_worker_process():
         check_out(config.out, config.resume, parent)
     return parent

@@ -35,7 +35,7 @@ from jmp_ase.training.data import (
 from jmp_ase.training.pretrain_config import DatasetConfig, PretrainConfig
 from jmp_ase.training.sampler import ResumableDataLoader, TemperatureBatchSampler
 
-def _structures(paths, index, fmt) -> SelectedStructures:
+def lazy_structures(paths, index, fmt) -> SelectedStructures:
     """The selected structures of one or several files, as a lazy view (extxyz and LMDB are read
     frame by frame when accessed; an ASE database is read into memory)."""
     paths = [paths] if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__") else list(paths)
@@ -125,7 +125,7 @@ class PretrainData:
         cache = not cfg.data.streaming
         self.train, self.val, self.task_info, self._natoms = [], [], [], []
         for k, spec in enumerate(self.specs):
-            ds = StructureDataset(_structures(spec.train, spec.train_index, spec.format), ["energy", "forces"],
+            ds = StructureDataset(lazy_structures(spec.train, spec.train_index, spec.format), ["energy", "forces"],
                                   self.settings[k], cache=cache, num_elements=num_elements, name=spec.name)
             self.train.append(ds)
             if saved_tasks:
@@ -137,7 +137,7 @@ class PretrainData:
             self._natoms.append(natoms)
             self.task_info.append(info)
             if spec.val:
-                self.val.append(StructureDataset(_structures(spec.val, spec.val_index, spec.format),
+                self.val.append(StructureDataset(lazy_structures(spec.val, spec.val_index, spec.format),
                                                  ["energy", "forces"], self.settings[k], cache=cache,
                                                  num_elements=num_elements, name=spec.name))
             else:

@@ -96,6 +96,9 @@ def finetune_config(task: dict, common: dict, data: Path, out: Path, lr: float, 
         # (--pretrained, e.g. the shipped jmp-mini) has them as its weights already
         cfg.update(scratch=False, pretrained=str(pretrained), ema=Path(str(pretrained)).name == "pretrain.ckpt",
                    **task.get("finetune", {}))
+        if cfg.get("replay"):  # multi-head replay: pre-training data sets of the corpus, relative to --data
+            cfg["replay"] = {head: str(path) if Path(path).is_absolute() else str(data / path)
+                             for head, path in cfg["replay"].items()}
     return cfg
 
 

@@ -1,0 +1,127 @@
+"""Multi-head replay: keep training the parent's pre-training heads while fine-tuning.
+
+With ``replay`` in the config (pre-training head name -> that head's training data), every
+fine-tuning step also takes one batch of the pre-training data, runs it through the shared
+backbone into the parent's own energy and direct-force heads, and adds the pre-training loss
+(paper eq. 1, normalised as in pre-training) times ``replay_weight`` to the task's loss. The
+backbone then keeps what pre-training taught it instead of drifting towards a few hundred
+task structures (as MACE's multi-head fine-tuning and DeePMD's multi-task fine-tuning do).
+
+The heads, their normalisation, element references and graph settings are the parent's
+(a ``pretrain.ckpt`` or shipped pre-trained model that states them): the replay data must be
+the data those heads were trained on (or more of the same kind). Batches mix the named data
+sets by temperature sampling (T = 2, as pre-training). The heads train but are not part of
+the fine-tuned model file. A resumed run restarts the replay sampling at its first batch.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from jmp_ase.data.graphs import GraphSettings
+from jmp_ase.io.pretrained import load_jmp_pretrained
+from jmp_ase.nn.model import JMPBackboneModel
+from jmp_ase.training.data import StructureDataset
+from jmp_ase.training.losses import structurewise_loss
+from jmp_ase.training.pretrain_data import PretrainCollate, TaskItems, lazy_structures
+from jmp_ase.training.sampler import TemperatureBatchSampler
+
+#: temperature of the replay batches' mix of data sets (pre-training's)
+REPLAY_TEMPERATURE = 2.0
+
+
+def _task_info(path) -> tuple[torch.nn.Module, list[dict]]:
+    model, _ = load_jmp_pretrained(path)
+    info = model.task_info or []
+    missing = [k for k in ("name", "element_references", "energy_std", "force_rms") if info and k not in info[0]]
+    if not info or missing:
+        raise ValueError(f"replay: the parent {path} does not state its pre-training heads' normalisation "
+                         "(only jmp-train pretrain files and shipped pre-trained models such as jmp-mini do)")
+    return model.output, info
+
+
+class Replay(torch.nn.Module):
+    """The parent's pre-training heads and an endless stream of pre-training batches.
+
+    ``parent_path``: the parent checkpoint (JMP layout with ``task_info``); ``data``: head name ->
+    training file(s) of its data set; ``qint_tags``: the backbone's; ``batch_size``, ``seed``:
+    the replay batches' (per process)."""
+
+    def __init__(self, parent_path, data: dict, qint_tags, batch_size: int, seed: int = 0):
+        super().__init__()
+        output, info = _task_info(parent_path)
+        names = [t["name"] for t in info]
+        unknown = sorted(set(data) - set(names))
+        if unknown or not data:
+            raise ValueError(f"replay: {unknown or 'no data'} named; the parent's pre-training heads are {names}")
+        self.heads = output.train()
+        order = [k for k, name in enumerate(names) if name in data]  # parent head of each replay data set
+        for k, (energy, forces) in enumerate(zip(output.out_energy, output.out_forces)):
+            if k not in order:  # heads without replay data stay as they are
+                energy.requires_grad_(False)
+                forces.requires_grad_(False)
+        self.register_buffer("head_of_task", torch.tensor(order, dtype=torch.long), persistent=False)
+        self.task_info = [info[k] for k in order]
+        self.settings = [GraphSettings(float(t["cutoff"]), int(t["max_neighbors"]), tuple(qint_tags),
+                                       tags=t.get("tags") or "ignore") for t in self.task_info]
+        self.datasets = [StructureDataset(lazy_structures(data[t["name"]], ":", None), ["energy", "forces"], s,
+                                          name=t["name"]) for t, s in zip(self.task_info, self.settings)]
+        for ds in self.datasets:
+            if len(ds) == 0:
+                raise ValueError(f"replay: no structures for head {ds.name!r} in {data[ds.name]}")
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self._stream: Iterator | None = None
+
+    @classmethod
+    def of(cls, config, parent, model: JMPBackboneModel) -> "Replay":
+        """The replay of a fine-tuning run (``config``: its FinetuneConfig; ``parent``: its Parent)."""
+        path = parent.provenance.get("parent_path")
+        if path is None or parent.state is None:
+            raise ValueError("replay needs a pre-trained parent with its pre-training heads")
+        try:
+            return cls(path, dict(config.replay), model.config.qint_tags, config.replay_batch_size or config.batch_size,
+                       config.seed)
+        except ValueError as err:
+            if "replay" in str(err):
+                raise
+            raise ValueError(f"replay: the parent {parent.provenance.get('parent')} is not a pre-training checkpoint "
+                             f"with heads (a fine-tuned model file has none): {err}") from None
+
+    def describe(self, weight: float) -> str:
+        sizes = ", ".join(f"{ds.name} ({len(ds)} structures)" for ds in self.datasets)
+        return (f"replay: every step adds {weight:g} x the pre-training loss of one batch of {self.batch_size} "
+                f"structures from {sizes}, through the parent's heads")
+
+    def restart(self) -> None:
+        """The next batch is the stream's first again."""
+        self._stream = None
+
+    def batches(self, num_replicas: int = 1, rank: int = 0) -> Iterator:
+        """Endless ``(AtomsBatch, targets)`` of this process, epoch after epoch of the sampler."""
+        sampler = TemperatureBatchSampler([len(d) for d in self.datasets], self.batch_size, REPLAY_TEMPERATURE,
+                                          self.seed, num_replicas, rank)
+        items, collate = TaskItems(self.datasets), PretrainCollate(self.task_info, self.settings, None, False)
+        while True:
+            for keys in sampler:
+                yield collate([items[key] for key in keys])
+
+    def predict(self, model: JMPBackboneModel, num_replicas: int = 1, rank: int = 0):
+        """``(batch, energy, forces, targets)`` of the next replay batch: each structure's own
+        head's predictions through ``model``'s backbone and the labels (normalised units)."""
+        if self._stream is None:
+            self._stream = self.batches(num_replicas, rank)
+        batch, targets = next(self._stream)
+        device = self.head_of_task.device
+        batch = batch.to(device)
+        targets = {k: v.to(device) if torch.is_tensor(v) else v for k, v in targets.items()}
+        out = model.embed(batch)
+        energy, forces = self.heads.per_structure_task(out, batch.atom_batch, batch.num_structures,
+                                                       self.head_of_task[targets["task"]])
+        return batch, energy, forces, targets
+
+    def loss(self, model: JMPBackboneModel, num_replicas: int = 1, rank: int = 0) -> torch.Tensor:
+        """Pre-training loss (eq. 1) of the next replay batch through ``model``'s backbone and these heads."""
+        batch, energy, forces, targets = self.predict(model, num_replicas, rank)
+        return structurewise_loss(energy, targets["energy"], forces, targets["forces"], batch.atom_batch,
+                                  targets["energy_scale"], targets["force_scale"]).loss
