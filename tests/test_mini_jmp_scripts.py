@@ -1,5 +1,5 @@
 """benchmarks/mini_jmp's scripts without the corpus: a missing --data path is one ``Error:``
-line (no traceback), and make_data.py regenerates a small catalysis-emt set in the corpus's
+line (no traceback), variant.py plans tasks.yaml's runs with its overrides, and make_data.py regenerates a small catalysis-emt set in the corpus's
 layout and label conventions (EMT, a few seconds)."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ MINI = ROOT / "benchmarks" / "mini_jmp"
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-@pytest.mark.parametrize("script", ["run.py", "dihedral_seeds.py"])
+@pytest.mark.parametrize("script", ["run.py", "dihedral_seeds.py", "variant.py"])
 def test_missing_corpus_is_one_error_line(script, tmp_path):
     missing = tmp_path / "no-corpus"
     proc = subprocess.run([sys.executable, str(MINI / script), "--data", str(missing), "--out", str(tmp_path / "o")],
@@ -141,3 +141,25 @@ def test_run_reuses_scratch_runs_only_of_the_same_recipe(tmp_path):
     (out / "configs" / "gap--scratch-lr0.002.yaml").write_text(f"lr: 0.0005\nout: {out / name}\n")
     with pytest.raises(SystemExit, match="differs"):
         run.reuse_scratch([run.Job(name, [], info={"side": "scratch"})], earlier, out)
+
+
+def test_variant_plans_the_fine_tuned_runs_with_overrides_and_seeds(tmp_path):
+    """variant.py: tasks.yaml's fine-tuned recipe, one config per seed, the --set overrides on top and
+    --replay-corpus's data sets under --data (nothing runs here)."""
+    sys.path.insert(0, str(MINI))
+    try:
+        import variant
+    finally:
+        sys.path.remove(str(MINI))
+    args = variant.argparse.Namespace(data=tmp_path / "corpus", out=tmp_path / "out", tasks=["gap"], seeds=[1, 2],
+                                      pretrained="jmp-mini", lr=None, set=["replay_weight=0.5", "max_epochs=3"],
+                                      replay_corpus=True)
+    runs = variant.plan(args)
+    assert [r["seed"] for r in runs] == [1, 2] and all(r["lr"] == 2e-3 for r in runs)
+    config = variant.yaml.safe_load((runs[1]["out"] / "config.yaml").read_text())
+    assert config["seed"] == 2 and config["replay_weight"] == 0.5 and config["max_epochs"] == 3
+    assert config["cosine_epochs"] == 3 and config["warmup_epochs"] == pytest.approx(0.3)
+    assert config["replay"]["molecules-gfn2"] == str(tmp_path / "corpus" / "molecules-gfn2" / "train.extxyz")
+    assert config["pretrained"] == "jmp-mini" and not config.get("scratch")
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        variant.parse_set(["replay_weight"])
