@@ -163,3 +163,10 @@ def test_variant_plans_the_fine_tuned_runs_with_overrides_and_seeds(tmp_path):
     assert config["pretrained"] == "jmp-mini" and not config.get("scratch")
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         variant.parse_set(["replay_weight"])
+
+
+def test_forgetting_without_the_corpus_is_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(MINI / "forgetting.py"), "--data", str(tmp_path / "none")],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
