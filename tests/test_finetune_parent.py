@@ -62,9 +62,9 @@ def _run(root, out, capture, **extra):
     seen = {}
 
     class Spy(F.FinetuneModule):
-        def __init__(self, model, config, scales, datasets, provenance=None):
+        def __init__(self, model, config, scales, datasets, provenance=None, replay=None):
             seen.update(datasets)
-            super().__init__(model, config, scales, datasets, provenance)
+            super().__init__(model, config, scales, datasets, provenance, replay)
 
     capture.setattr(F, "FinetuneModule", Spy)
     summary = F.run_finetune(dict(pretrained=str(root / "parent.ckpt"), train=str(root / "train.extxyz"),

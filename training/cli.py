@@ -65,6 +65,10 @@ ANTICIPATED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
 @click.option("--init-energy-head",
               help="Start the energy head from this pre-training head of the parent (e.g. molecules-gfn2 of "
                    "jmp-mini) instead of a new random head.")
+@click.option("--unseen-embeddings", type=click.Choice(["similar", "random"]),
+              help="Embedding rows of training elements the parent never saw: similar (default) starts each from "
+                   "the nearest seen element on the periodic table (Fe from Ni, Si from C), random keeps the "
+                   "untrained rows as JMP does.")
 @click.option("--replay", multiple=True, metavar="HEAD=FILE",
               help="Multi-head replay: every step also trains the parent's pre-training head HEAD (energy and "
                    "direct forces) on a batch of FILE, its pre-training data, so the backbone keeps what it "

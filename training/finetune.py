@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+from ase.data import chemical_symbols
 import torch
 
 from jmp_ase.data.graph_settings import max_neighbors_keeping
@@ -51,6 +52,7 @@ from jmp_ase.training.finetune_module import FinetuneModule, StepRows, throughpu
 from jmp_ase.training.head_init import head_specs_for_start, start_energy_head
 from jmp_ase.training.losses import compute_losses
 from jmp_ase.training.replay import Replay
+from jmp_ase.training.unseen_elements import start_unseen_embeddings
 from jmp_ase.training.parent import Parent, graph_settings, load_parent, parent_of, unseen_elements
 from jmp_ase.training.preflight import is_worker_process, preflight_finetune
 from jmp_ase.training.scaling import fit_scale_factors
@@ -192,6 +194,9 @@ def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None,
             raise ValueError(f"parent weights do not fit: missing {missing}, unexpected {unexpected}")
     model.memory = config.memory  # a runtime setting: not saved in the model file
     info = {"statistics": stats, "element_references": references, "elements": elements, "graph_sources": sources}
+    unseen = unseen_elements(parent, elements)
+    if unseen and config.unseen_embeddings == "similar":
+        info["unseen_donors"] = start_unseen_embeddings(model.embedding.atom_embedding, unseen, parent.elements)
     if config.init_energy_head:
         info["energy_head_start"] = start_energy_head(model, parent, config.init_energy_head, train_set)
     return model, info
@@ -322,9 +327,12 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
     datasets = make_datasets(config, settings)
     model, info = build_model(config, datasets["train"], parent, graph)
     unseen = unseen_elements(parent, info["elements"])
+    donors = info.get("unseen_donors") or {}
     if unseen:
-        say(f"warning: elements {unseen} are in the training data but the parent never saw them in training: "
-            "their embedding rows are untrained (fine-tuning starts them from random values)")
+        start = ("their embedding rows start from those of similar seen elements (" +
+                 ", ".join(f"{chemical_symbols[z]} from {chemical_symbols[d]}" for z, d in donors.items()) + ")"
+                 if donors else "their embedding rows are untrained (fine-tuning starts them from random values)")
+        say(f"warning: elements {unseen} are in the training data but the parent never saw them in training: {start}")
     start = info.get("energy_head_start")
     if start:
         say(f"energy head: starts from pre-training head {start['head']!r}; zero-shot energy MAE "
@@ -339,6 +347,7 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
                                      "from": dict(sources)},
                   "statistics": info["statistics"], "loss_scales": scales,
                   **({"unseen_elements": unseen} if unseen else {}),
+                  **({"unseen_embeddings": {str(z): int(d) for z, d in donors.items()}} if donors else {}),
                   **({"energy_head_start": {k: v for k, v in start.items() if k != "offsets"}} if start else {})}
     if model.model_config.provenance.get("parent") == "scratch" and config.scale_fit_batches and saved is None:
         fit_scratch_scales(model, datasets["train"], config)

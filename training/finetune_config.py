@@ -12,6 +12,8 @@ GRAPH_SETTINGS = ("cutoff", "max_neighbors", "tags", "qint_tags")
 #: max_neighbors value: the smallest limit under which no training structure loses a neighbour
 UNTRUNCATED = "untruncated"
 TAG_RULES = ("ignore", "oc20")
+#: FinetuneConfig.unseen_embeddings (applied in unseen_elements.py)
+UNSEEN_EMBEDDINGS = ("random", "similar")
 #: fine-tuning losses (FinetuneConfig.loss; computed in losses.py)
 LOSS_KINDS = ("mae", "mse")
 
@@ -51,6 +53,9 @@ class FinetuneConfig:
     smooth_dihedral: bool | None = None  # smooth quadruplet basis; None: on with conservative forces
     dihedral_damping: float = DEFAULT_DIHEDRAL_DAMPING  # ε of the smooth basis (BackboneConfig.dihedral_damping)
     init_energy_head: str | None = None  # start the energy head from this pre-training head of the parent (head_init.py)
+    # embedding rows of training elements the parent never saw: "similar" copies the row of the nearest seen
+    # element on the periodic table (unseen_elements.py), "random" keeps the untrained rows (JMP)
+    unseen_embeddings: str = "similar"
     # multi-head replay (replay.py): pre-training head name -> training file(s) of its data set; each step
     # adds replay_weight x the pre-training loss of one batch of those data through the parent's own heads
     replay: dict | None = None
@@ -142,6 +147,8 @@ class FinetuneConfig:
                 raise ValueError(f"replay_weight must be positive, got {self.replay_weight}")
             if self.replay_batch_size is not None and int(self.replay_batch_size) < 1:
                 raise ValueError(f"replay_batch_size must be at least 1, got {self.replay_batch_size}")
+        if self.unseen_embeddings not in UNSEEN_EMBEDDINGS:
+            raise ValueError(f"--unseen-embeddings must be one of {UNSEEN_EMBEDDINGS}, got {self.unseen_embeddings!r}")
         if self.loss not in LOSS_KINDS:
             raise ValueError(f"--loss must be one of {LOSS_KINDS}, got {self.loss!r}")
         if self.element_references is not None:
