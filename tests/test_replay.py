@@ -124,3 +124,18 @@ def test_replay_option_of_the_command_line(data, tmp_path, value, message):
                                        "--val", str(data / "val.extxyz"), "--targets", "gap", "--max-epochs", "1",
                                        "--out", str(tmp_path / "run"), "--no-progress", "--replay", value])
     assert result.exit_code != 0 and message in result.output
+
+
+def test_a_run_with_replay_resumes(data, tmp_path):
+    """The replayed heads and their EMA are part of last.ckpt: a resumed run continues with them."""
+    settings = dict(pretrained="jmp-mini", train=str(data / "train.extxyz"), val=str(data / "val.extxyz"),
+                    targets=["gap"], out=str(tmp_path / "run"), batch_size=4, lr=1e-3, progress=False,
+                    replay={"catalysis-emt": str(data / "pretrain.extxyz")})
+    run_finetune(dict(settings, max_epochs=1))
+    first = torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    run_finetune(dict(settings, max_epochs=2, resume=True))
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and "train_replay_loss" in rows[0]
+    second = torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    name = next(k for k in first if k.startswith("replay.heads.out_energy.0."))
+    assert not torch.equal(first[name], second[name])  # the heads kept training after the resume
