@@ -56,14 +56,18 @@ def _model(tmp_path, **extra):
     return model, info, parent
 
 
-def test_unseen_training_element_starts_from_its_similar_seen_element(tmp_path):
+def test_unseen_elements_start_from_their_similar_seen_elements(tmp_path):
     model, info, parent = _model(tmp_path)
     rows = model.embedding.atom_embedding.weight.detach()
     original = parent.state["embedding.atom_embedding.weight"]
-    assert info["unseen_donors"] == {26: 28}
+    assert info["unseen_donors"] == {26: 28}  # the training data's unseen elements
     assert torch.equal(rows[26 - 1], original[28 - 1])  # Fe takes Ni's row
-    others = [k for k in range(rows.shape[0]) if k != 26 - 1]
-    assert torch.equal(rows[others], original[others])  # every other row is the parent's
+    assert torch.equal(rows[42 - 1], original[46 - 1])  # Mo (not in the data) Pd's, for --allow-unknown-elements
+    seen = [z - 1 for z in JMP_MINI_SEEN]
+    assert torch.equal(rows[seen], original[seen])  # the trained rows are the parent's
+    for z in range(1, rows.shape[0] + 1):
+        donor = similar_element(z, JMP_MINI_SEEN) if z not in JMP_MINI_SEEN else z
+        assert torch.equal(rows[z - 1], original[(donor or z) - 1]), z
 
 
 def test_random_keeps_the_untrained_rows(tmp_path):

@@ -194,9 +194,12 @@ def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None,
             raise ValueError(f"parent weights do not fit: missing {missing}, unexpected {unexpected}")
     model.memory = config.memory  # a runtime setting: not saved in the model file
     info = {"statistics": stats, "element_references": references, "elements": elements, "graph_sources": sources}
-    unseen = unseen_elements(parent, elements)
-    if unseen and config.unseen_embeddings == "similar":
-        info["unseen_donors"] = start_unseen_embeddings(model.embedding.atom_embedding, unseen, parent.elements)
+    if config.unseen_embeddings == "similar" and unseen_elements(parent, elements):
+        # every row the parent never trained (elements outside the training data too, for --allow-unknown-elements)
+        rows = model.embedding.atom_embedding
+        every = unseen_elements(parent, range(1, rows.num_embeddings + 1))
+        donors = start_unseen_embeddings(rows, every, parent.elements)
+        info["unseen_donors"] = {z: d for z, d in donors.items() if z in elements}
     if config.init_energy_head:
         info["energy_head_start"] = start_energy_head(model, parent, config.init_energy_head, train_set)
     return model, info
