@@ -131,7 +131,7 @@ class FinetuneModule(L.LightningModule):
         if self.replay is not None:
             replay_loss = self.replay.loss(self.model, self.trainer.world_size, self.trainer.global_rank)
             loss = loss + self.config.replay_weight * replay_loss
-            self._replay_sum = [self._replay_sum[0] + float(replay_loss.detach()), self._replay_sum[1] + 1]
+            self._replay_sum = [self._replay_sum[0] + replay_loss.detach(), self._replay_sum[1] + 1]  # no sync per step
         self._loss = loss.detach()
         self.log("loss", self._loss, prog_bar=True, batch_size=atoms_batch.num_structures)
         return loss
@@ -192,7 +192,7 @@ class FinetuneModule(L.LightningModule):
                **self._val_metrics, "lr": max(g["lr"] for g in self.optimizers().param_groups),
                "elapsed_s": round(time.perf_counter() - self._fit_start, 2), **throughput(self._epoch_timing)}
         if self.replay is not None:  # the parent's pre-training loss on the replay batches (normalised, eq. 1)
-            row["train_replay_loss"] = self._replay_sum[0] / max(self._replay_sum[1], 1)
+            row["train_replay_loss"] = float(self._replay_sum[0]) / max(self._replay_sum[1], 1)
         self._train, self._val_metrics, self._replay_sum = ErrorSums(), {}, [0.0, 0]
         path = self.out / "metrics.csv"
         if self.trainer.is_global_zero:

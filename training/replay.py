@@ -46,9 +46,9 @@ class Replay(torch.nn.Module):
 
     ``parent_path``: the parent checkpoint (JMP layout with ``task_info``); ``data``: head name ->
     training file(s) of its data set; ``qint_tags``: the backbone's; ``batch_size``, ``seed``:
-    the replay batches' (per process)."""
+    the replay batches' (per process); ``fmt``: the files' format (None: from their names)."""
 
-    def __init__(self, parent_path, data: dict, qint_tags, batch_size: int, seed: int = 0):
+    def __init__(self, parent_path, data: dict, qint_tags, batch_size: int, seed: int = 0, fmt: str | None = None):
         super().__init__()
         output, info = _task_info(parent_path)
         names = [t["name"] for t in info]
@@ -65,7 +65,7 @@ class Replay(torch.nn.Module):
         self.task_info = [info[k] for k in order]
         self.settings = [GraphSettings(float(t["cutoff"]), int(t["max_neighbors"]), tuple(qint_tags),
                                        tags=t.get("tags") or "ignore") for t in self.task_info]
-        self.datasets = [StructureDataset(lazy_structures(data[t["name"]], ":", None), ["energy", "forces"], s,
+        self.datasets = [StructureDataset(lazy_structures(data[t["name"]], ":", fmt), ["energy", "forces"], s,
                                           name=t["name"]) for t, s in zip(self.task_info, self.settings)]
         for ds in self.datasets:
             if len(ds) == 0:
@@ -81,7 +81,7 @@ class Replay(torch.nn.Module):
             raise ValueError("replay needs a pre-trained parent with its pre-training heads")
         try:
             return cls(path, dict(config.replay), model.config.qint_tags, config.replay_batch_size or config.batch_size,
-                       config.seed)
+                       config.seed, config.format)
         except ValueError as err:
             if "replay" in str(err):
                 raise
