@@ -193,8 +193,9 @@ def build_model(config: FinetuneConfig, train_set, parent: Parent | None = None,
         if unexpected or any(k.split(".")[0] != "heads" for k in missing):
             raise ValueError(f"parent weights do not fit: missing {missing}, unexpected {unexpected}")
     model.memory = config.memory  # a runtime setting: not saved in the model file
-    info = {"statistics": stats, "element_references": references, "elements": elements, "graph_sources": sources}
-    if config.unseen_embeddings == "similar" and unseen_elements(parent, elements):
+    info = {"statistics": stats, "element_references": references, "elements": elements, "graph_sources": sources,
+            "unseen": unseen_elements(parent, elements)}
+    if config.unseen_embeddings == "similar" and info["unseen"]:
         # every row the parent never trained (elements outside the training data too, for --allow-unknown-elements)
         rows = model.embedding.atom_embedding
         every = unseen_elements(parent, range(1, rows.num_embeddings + 1))
@@ -329,7 +330,7 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
     _, settings, sources = graph
     datasets = make_datasets(config, settings)
     model, info = build_model(config, datasets["train"], parent, graph)
-    unseen = unseen_elements(parent, info["elements"])
+    unseen = info["unseen"]
     donors = info.get("unseen_donors") or {}
     if unseen:
         start = ("their embedding rows start from those of similar seen elements (" +

@@ -48,7 +48,7 @@ def similar_element(z: int, seen) -> int | None:
     """The seen element whose embedding row element ``z`` starts from (None: nothing fits)."""
     if not 1 <= int(z) <= 118:  # embedding rows beyond the periodic table stay as they are
         return None
-    seen = sorted(int(s) for s in seen if int(s) != 1 or int(z) == 1)
+    seen = sorted(int(s) for s in seen)  # hydrogen is its own block: never a donor
     block = _block(z)
     pool = {"s": [s for s in seen if _block(s) == "p" and table_position(s)[0] == 13][:1],
             "d": [s for s in seen if _block(s) == "d"],
