@@ -18,6 +18,7 @@ from jmp_ase.io.pretrained import load_jmp_pretrained
 from jmp_ase.training.cli import main
 from jmp_ase.training.finetune import run_finetune
 from jmp_ase.training.finetune_config import FinetuneConfig
+from jmp_ase.training.parent import PretrainingHeads
 from jmp_ase.training.replay import Replay
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -53,8 +54,9 @@ def test_replay_predicts_what_the_parents_heads_predict(data):
     graphs, heads and normalisation), the second head included."""
     path = resolve_model_path("jmp-mini")
     files = {"molecules-gfn2": data / "molecules.extxyz", "catalysis-emt": data / "pretrain.extxyz"}
-    replay = Replay(path, {k: str(v) for k, v in files.items()}, (1, 2), batch_size=11)
     parent, _ = load_jmp_pretrained(path)
+    replay = Replay(PretrainingHeads(parent.output, parent.task_info), {k: str(v) for k, v in files.items()}, (1, 2),
+                    batch_size=11)
     with torch.no_grad():
         batch, energy, forces, targets = replay.predict(parent.eval())
     calcs = {name: JMPCalculator.from_jmp_checkpoint("jmp-mini", head=name, tags=tags, dtype="float32")
@@ -100,6 +102,7 @@ def test_replay_trains_the_heads_but_leaves_them_out_of_the_model_file(data, tmp
     (dict(replay={"no-such-head": "PRETRAIN"}), "pre-training heads are"),
     (dict(replay={"catalysis-emt": "missing.extxyz"}), "replay data of head 'catalysis-emt'"),
     (dict(replay={"catalysis-emt": "x.extxyz"}, scratch=True), "needs a pre-trained parent"),
+    (dict(replay={"catalysis-emt": "PRETRAIN"}, pretrained="jmp-mini-aspirin"), "has no pre-training heads"),
     (dict(replay={"catalysis-emt": "x.extxyz"}, replay_weight=0.0), "replay_weight must be positive"),
     (dict(replay=["catalysis-emt"]), "replay must map"),
 ])

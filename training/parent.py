@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
+
+from torch import nn
 
 from jmp_ase.io.model_file import load_model, resolve_model_path
 from jmp_ase.nn.config import BackboneConfig
@@ -19,6 +22,15 @@ from jmp_ase.nn.config import resolve_backbone_config
 from jmp_ase.training.finetune_config import UNTRUNCATED, FinetuneConfig
 
 DEFAULT_CUTOFF, DEFAULT_MAX_NEIGHBORS, DEFAULT_TAGS = 12.0, 30, "ignore"
+
+
+class PretrainingHeads(NamedTuple):
+    """A JMP-layout parent's pre-training heads, read with the same weights (EMA or not) as its
+    backbone. output: the per-head energy and direct-force MLPs (``JMPPretrainOutput``);
+    task_info: per head its name, graph settings, normalisation and element references."""
+
+    output: nn.Module
+    task_info: list[dict]
 
 
 @dataclass
@@ -35,6 +47,9 @@ class Parent:
     energy_heads: dict = field(default_factory=dict)
     """Pre-training energy heads of a JMP-layout parent that states their normalisation:
     name -> (MLP state dict, energy_std in eV, element references in eV)."""
+    pretraining: PretrainingHeads | None = None
+    """All of a JMP-layout parent's pre-training heads (for replay); None for a jmp-ase model
+    file (its heads are the fine-tuned ones) and without a parent."""
 
 
 def _common(values: list):
@@ -47,7 +62,7 @@ def read_parent(pretrained: str, ema: bool = False) -> Parent:
     """Read a jmp-ase model file (or shipped name) or an original-layout JMP checkpoint
     (JMP's ``jmp-s.pt`` or our pre-training's ``pretrain.ckpt``)."""
     path = resolve_model_path(pretrained) if not Path(str(pretrained)).is_file() else Path(pretrained)
-    energy_heads = {}
+    energy_heads, pretraining = {}, None
     try:
         model = load_model(path)
         kind = "jmp-ase model file"
@@ -68,12 +83,13 @@ def read_parent(pretrained: str, ema: bool = False) -> Parent:
         energy_heads = {str(h["name"]): (model.output.out_energy[k].state_dict(), float(h.get("energy_std") or 1.0),
                                          {int(z): float(v) for z, v in (h.get("element_references") or {}).items()})
                         for k, h in enumerate(heads) if h.get("name") is not None}
+        pretraining = PretrainingHeads(model.output, heads) if heads else None
     state = {k: v for k, v in model.state_dict().items() if k.split(".")[0] in ("embedding", "backbone")}
     # Dropout and edge dropout are pre-training regularisers (JMP fine-tunes without them); with
     # edge_dropout kept, training would rescale edges that the fine-tuning data never drops.
     backbone = dataclasses.replace(model.config, dropout=None, edge_dropout=None)
     provenance = {"parent": str(pretrained), "parent_path": str(path), "parent_kind": kind}
-    return Parent(backbone, state, provenance, graph, elements, energy_heads)
+    return Parent(backbone, state, provenance, graph, elements, energy_heads, pretraining)
 
 
 def load_parent(pretrained: str | None, ema: bool = False) -> tuple[BackboneConfig, dict, dict]:
@@ -87,7 +103,7 @@ def parent_of(config: FinetuneConfig) -> Parent:
     settings with ``scratch``, or the named architecture (``backbone``) for scratch without one."""
     if config.pretrained and config.scratch:
         parent = read_parent(config.pretrained, config.ema)
-        return dataclasses.replace(parent, state=None, elements=None, energy_heads={},
+        return dataclasses.replace(parent, state=None, elements=None, energy_heads={}, pretraining=None,
                                    provenance={"parent": "scratch", "architecture_of": str(config.pretrained)})
     if config.scratch:
         return Parent(resolve_backbone_config(config.backbone or "jmp-s", None), None, {"parent": "scratch"})

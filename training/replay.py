@@ -8,22 +8,24 @@ backbone then keeps what pre-training taught it instead of drifting towards a fe
 task structures (as MACE's multi-head fine-tuning and DeePMD's multi-task fine-tuning do).
 
 The heads, their normalisation, element references and graph settings are the parent's
-(a ``pretrain.ckpt`` or shipped pre-trained model that states them): the replay data must be
+(a ``pretrain.ckpt`` or shipped pre-trained model that states them), read once with its
+backbone and with the same weights (EMA with ``ema``): the replay data must be
 the data those heads were trained on (or more of the same kind). Batches mix the named data
 sets by temperature sampling (T = 2, as pre-training). The heads train but are not part of
 the fine-tuned model file. A resumed run restarts the replay sampling at its first batch.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import torch
 
 from jmp_ase.data.graphs import GraphSettings
-from jmp_ase.io.pretrained import load_jmp_pretrained
 from jmp_ase.nn.model import JMPBackboneModel
 from jmp_ase.training.data import StructureDataset
 from jmp_ase.training.losses import structurewise_loss
+from jmp_ase.training.parent import Parent, PretrainingHeads
 from jmp_ase.training.pretrain_data import PretrainCollate, TaskItems, lazy_structures
 from jmp_ase.training.sampler import TemperatureBatchSampler
 
@@ -31,26 +33,29 @@ from jmp_ase.training.sampler import TemperatureBatchSampler
 REPLAY_TEMPERATURE = 2.0
 
 
-def _task_info(path) -> tuple[torch.nn.Module, list[dict]]:
-    model, _ = load_jmp_pretrained(path)
-    info = model.task_info or []
+def _checked(heads: PretrainingHeads, source) -> list[dict]:
+    """The heads' task_info, when it states what replay needs (jmp-train pretrain files and
+    shipped pre-trained models such as jmp-mini do; JMP's published checkpoints do not)."""
+    info = list(heads.task_info or [])
     missing = [k for k in ("name", "element_references", "energy_std", "force_rms") if info and k not in info[0]]
     if not info or missing:
-        raise ValueError(f"replay: the parent {path} does not state its pre-training heads' normalisation "
+        raise ValueError(f"replay: the parent {source} does not state its pre-training heads' normalisation "
                          "(only jmp-train pretrain files and shipped pre-trained models such as jmp-mini do)")
-    return model.output, info
+    return info
 
 
 class Replay(torch.nn.Module):
     """The parent's pre-training heads and an endless stream of pre-training batches.
 
-    ``parent_path``: the parent checkpoint (JMP layout with ``task_info``); ``data``: head name ->
-    training file(s) of its data set; ``qint_tags``: the backbone's; ``batch_size``, ``seed``:
+    ``heads``: the parent's pre-training heads (:class:`PretrainingHeads`, trained here on a copy);
+    ``data``: head name -> training file(s) of its data set; ``qint_tags``: the backbone's; ``batch_size``, ``seed``:
     the replay batches' (per process); ``fmt``: the files' format (None: from their names)."""
 
-    def __init__(self, parent_path, data: dict, qint_tags, batch_size: int, seed: int = 0, fmt: str | None = None):
+    def __init__(self, heads: PretrainingHeads, data: dict, qint_tags, batch_size: int, seed: int = 0,
+                 fmt: str | None = None, source: str = "model"):
         super().__init__()
-        output, info = _task_info(parent_path)
+        info = _checked(heads, source)
+        output = copy.deepcopy(heads.output)
         names = [t["name"] for t in info]
         unknown = sorted(set(data) - set(names))
         if unknown or not data:
@@ -74,19 +79,17 @@ class Replay(torch.nn.Module):
         self._stream: Iterator | None = None
 
     @classmethod
-    def of(cls, config, parent, model: JMPBackboneModel) -> "Replay":
+    def of(cls, config, parent: Parent, model: JMPBackboneModel) -> "Replay":
         """The replay of a fine-tuning run (``config``: its FinetuneConfig; ``parent``: its Parent)."""
-        path = parent.provenance.get("parent_path")
-        if path is None or parent.state is None:
+        if parent.state is None:
             raise ValueError("replay needs a pre-trained parent with its pre-training heads")
-        try:
-            return cls(path, dict(config.replay), model.config.qint_tags, config.replay_batch_size or config.batch_size,
-                       config.seed, config.format)
-        except ValueError as err:
-            if "replay" in str(err):
-                raise
-            raise ValueError(f"replay: the parent {parent.provenance.get('parent')} is not a pre-training checkpoint "
-                             f"with heads (a fine-tuned model file has none): {err}") from None
+        if parent.pretraining is None:
+            raise ValueError(f"replay: the parent {parent.provenance.get('parent')} has no pre-training heads "
+                             f"(a {parent.provenance.get('parent_kind')}; a fine-tuned model file has none): "
+                             "replay needs a jmp-train pretrain file or a shipped pre-trained model such as jmp-mini")
+        return cls(parent.pretraining, dict(config.replay), model.config.qint_tags,
+                   config.replay_batch_size or config.batch_size, config.seed, config.format,
+                   source=parent.provenance.get("parent"))
 
     def describe(self, weight: float) -> str:
         sizes = ", ".join(f"{ds.name} ({len(ds)} structures)" for ds in self.datasets)
