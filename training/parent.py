@@ -44,12 +44,20 @@ class Parent:
     provenance: dict
     graph: dict = field(default_factory=dict)
     elements: list[int] | None = None
-    energy_heads: dict = field(default_factory=dict)
-    """Pre-training energy heads of a JMP-layout parent that states their normalisation:
-    name -> (MLP state dict, energy_std in eV, element references in eV)."""
     pretraining: PretrainingHeads | None = None
-    """All of a JMP-layout parent's pre-training heads (for replay); None for a jmp-ase model
-    file (its heads are the fine-tuned ones) and without a parent."""
+    """All of a JMP-layout parent's pre-training heads (for replay and init_energy_head); None
+    for a jmp-ase model file (its heads are the fine-tuned ones) and without a parent."""
+
+    @property
+    def energy_heads(self) -> dict:
+        """The named pre-training energy heads: name -> (MLP state dict, energy_std in eV,
+        element references in eV); empty without :attr:`pretraining`."""
+        if self.pretraining is None:
+            return {}
+        output, info = self.pretraining
+        return {str(h["name"]): (output.out_energy[k].state_dict(), float(h.get("energy_std") or 1.0),
+                                 {int(z): float(v) for z, v in (h.get("element_references") or {}).items()})
+                for k, h in enumerate(info) if h.get("name") is not None}
 
 
 def _common(values: list):
@@ -62,7 +70,7 @@ def read_parent(pretrained: str, ema: bool = False) -> Parent:
     """Read a jmp-ase model file (or shipped name) or an original-layout JMP checkpoint
     (JMP's ``jmp-s.pt`` or our pre-training's ``pretrain.ckpt``)."""
     path = resolve_model_path(pretrained) if not Path(str(pretrained)).is_file() else Path(pretrained)
-    energy_heads, pretraining = {}, None
+    pretraining = None
     try:
         model = load_model(path)
         kind = "jmp-ase model file"
@@ -80,16 +88,13 @@ def read_parent(pretrained: str, ema: bool = False) -> Parent:
             graph["max_neighbors"] = max(int(h["max_neighbors"]) for h in heads if h.get("max_neighbors"))
         seen = {int(z) for h in heads for z in (h.get("element_references") or {})}
         elements = sorted(seen) or None
-        energy_heads = {str(h["name"]): (model.output.out_energy[k].state_dict(), float(h.get("energy_std") or 1.0),
-                                         {int(z): float(v) for z, v in (h.get("element_references") or {}).items()})
-                        for k, h in enumerate(heads) if h.get("name") is not None}
         pretraining = PretrainingHeads(model.output, heads) if heads else None
     state = {k: v for k, v in model.state_dict().items() if k.split(".")[0] in ("embedding", "backbone")}
     # Dropout and edge dropout are pre-training regularisers (JMP fine-tunes without them); with
     # edge_dropout kept, training would rescale edges that the fine-tuning data never drops.
     backbone = dataclasses.replace(model.config, dropout=None, edge_dropout=None)
     provenance = {"parent": str(pretrained), "parent_path": str(path), "parent_kind": kind}
-    return Parent(backbone, state, provenance, graph, elements, energy_heads, pretraining)
+    return Parent(backbone, state, provenance, graph, elements, pretraining)
 
 
 def load_parent(pretrained: str | None, ema: bool = False) -> tuple[BackboneConfig, dict, dict]:
@@ -103,7 +108,7 @@ def parent_of(config: FinetuneConfig) -> Parent:
     settings with ``scratch``, or the named architecture (``backbone``) for scratch without one."""
     if config.pretrained and config.scratch:
         parent = read_parent(config.pretrained, config.ema)
-        return dataclasses.replace(parent, state=None, elements=None, energy_heads={}, pretraining=None,
+        return dataclasses.replace(parent, state=None, elements=None, pretraining=None,
                                    provenance={"parent": "scratch", "architecture_of": str(config.pretrained)})
     if config.scratch:
         return Parent(resolve_backbone_config(config.backbone or "jmp-s", None), None, {"parent": "scratch"})
