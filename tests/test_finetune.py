@@ -21,6 +21,7 @@ from jmp_ase.nn.model import FineTunedModel, ModelConfig
 from jmp_ase.training.data import DatasetSpec, collate
 from jmp_ase.training.ema import EMA
 from jmp_ase.training.finetune import ErrorSums, FinetuneConfig, build_model, run_finetune
+from jmp_ase.training.finetune_module import split_heads
 from jmp_ase.training.losses import compute_losses, energy_loss, force_loss
 from jmp_ase.training.scaling import scale_factors
 from jmp_ase.training.schedules import WarmupCosineRLP, param_groups_with_llrd, warmup_cosine_factor
@@ -358,6 +359,48 @@ def test_final_stage_schedule_and_weights():
     for bad in (3, -1):
         with pytest.raises(ValueError, match="--final-epochs"):
             FinetuneConfig.from_dict({"train": "x.extxyz", "scratch": True, "max_epochs": 3, "final_epochs": bad})
+
+
+def test_linear_probe_start_moves_only_the_heads_first(data_dir):
+    """head_epochs (LP-FT): before start_step every group but the heads' is at rate 0 and its weights
+    stay exactly as they were (AdamW's decay scales with the rate); then they warm up on their own."""
+    torch.manual_seed(0)
+    model = tiny_model()
+    groups = split_heads(param_groups_with_llrd(model, 1e-2, 0.8, 0.1), model.heads.parameters(), 2, 1e-2, 0.1)
+    assert groups[0]["name"] == "heads" and {id(p) for p in groups[0]["params"]} == {id(p) for p in model.heads.parameters()}
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=1e-2)
+    scheduler = WarmupCosineRLP(optimizer, warmup_steps=1, cosine_steps=6, warmup_start_factor=0.1)
+    dataset = DatasetSpec(str(data_dir / "train.extxyz"), ["energy", "forces"], 4.0, 8).build()
+    batch, targets = collate([dataset[i] for i in range(4)])
+    heads = {id(p) for p in model.heads.parameters()}
+
+    def snapshot():
+        return {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in heads}, \
+            torch.cat([p.detach().flatten().clone() for p in model.heads.parameters()])
+
+    for step in range(4):
+        rates = scheduler.get_last_lr()
+        assert rates[0] > 0
+        if step < 2:
+            assert all(r == 0.0 for r in rates[1:])
+        else:
+            assert all(r > 0 for r in rates[1:])
+        if step == 2:  # the parent's layers start their own warmup at start_step
+            assert rates[1:] == pytest.approx([0.1 * g["lr_scale"] * 1e-2 for g in optimizer.param_groups[1:]])
+        before, head_before = snapshot()
+        optimizer.zero_grad()
+        loss, _ = compute_losses(model(batch), targets, {"energy": 1.0, "forces": 10.0}, {})
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        after, head_after = snapshot()
+        assert not torch.equal(head_before, head_after)
+        still = all(torch.equal(before[n], after[n]) for n in before)
+        assert still == (step < 2), step
+    for bad, match in (({"scratch": True}, "pre-trained parent"), ({"head_epochs": 3}, "head_epochs must be")):
+        with pytest.raises(ValueError, match=match):
+            FinetuneConfig.from_dict({"train": "x.extxyz", "pretrained": "jmp-mini", "max_epochs": 4,
+                                      "final_epochs": 1, "head_epochs": 1, **bad})
 
 
 def test_final_stage_run(data_dir, tmp_path):

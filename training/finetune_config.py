@@ -71,6 +71,9 @@ class FinetuneConfig:
     final_epochs: int = 0
     final_loss_weights: dict = field(default_factory=dict)  # the final stage's weights; {}: loss_weights, energy x10
     final_lr_factor: float = 0.1  # the final stage's rate as a fraction of lr (times each layer's LLRD scale)
+    # linear-probe start (LP-FT): for the first N epochs only the new heads train (the parent's layers at
+    # rate 0), then the parent's layers start their own warmup and cosine, ending with the heads'
+    head_epochs: int = 0
     lr: float = 1e-4
     weight_decay: float = 0.1
     betas: list = field(default_factory=lambda: [0.9, 0.95])
@@ -133,6 +136,12 @@ class FinetuneConfig:
         if not 0 <= int(self.final_epochs) < int(self.max_epochs):
             raise ValueError(f"--final-epochs must be at least 0 and below --max-epochs ({self.max_epochs}), "
                              f"got {self.final_epochs}")
+        if not 0 <= int(self.head_epochs) < int(self.max_epochs) - int(self.final_epochs):
+            raise ValueError(f"head_epochs must be at least 0 and below the main stage's {int(self.max_epochs) - int(self.final_epochs)} "
+                             f"epochs (max_epochs - final_epochs), got {self.head_epochs}")
+        if int(self.head_epochs) and (self.scratch or not self.pretrained):
+            raise ValueError("head_epochs trains the new heads on the parent's features first: it needs a pre-trained "
+                             "parent (pretrained: PATH, not scratch)")
         if not float(self.final_lr_factor) > 0:
             raise ValueError(f"final_lr_factor must be positive, got {self.final_lr_factor}")
         if int(self.committee) < 1 or (int(self.committee) > 1 and self.direct_forces):

@@ -221,8 +221,11 @@ class FinetuneModule(L.LightningModule):
         if self.replay is not None:  # the pre-training heads: the top layer's rate
             groups.append({"name": "replay_heads", "params": [p for p in self.replay.parameters() if p.requires_grad],
                            "lr": c.lr, "lr_scale": 1.0, "weight_decay": c.weight_decay})
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=c.lr, betas=tuple(c.betas))
         steps_per_epoch = train_batches_per_epoch(len(self.datasets["train"]), c.batch_size, self.trainer.world_size)
+        if c.head_epochs:  # linear-probe start: the new heads get their own group; the others wait
+            groups = split_heads(groups, self.model.heads.parameters(), int(c.head_epochs) * steps_per_epoch,
+                                 c.lr, c.weight_decay)
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=c.lr, betas=tuple(c.betas))
         warmup = int(round(c.warmup_epochs * steps_per_epoch))
         main_epochs = c.max_epochs - c.final_epochs
         cosine = int(round(min(c.cosine_epochs, main_epochs) * steps_per_epoch))
@@ -263,6 +266,19 @@ class FinetuneModule(L.LightningModule):
         self._elapsed_before = float(state.get("elapsed_s", 0.0))
         if "rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["rng_state"])
+
+
+def split_heads(groups: list[dict], head_params, start_step: int, lr: float, weight_decay: float) -> list[dict]:
+    """``groups`` with the heads' parameters moved into a group ``heads`` at rate ``lr``, and every
+    other group given ``start_step`` (WarmupCosineRLP keeps it at rate 0 until then)."""
+    heads = {id(p) for p in head_params}
+    head_group = {"name": "heads", "params": [], "lr": lr, "lr_scale": 1.0, "weight_decay": weight_decay,
+                  "start_step": 0}
+    out = []
+    for group in groups:
+        head_group["params"] += [p for p in group["params"] if id(p) in heads]
+        out.append({**group, "params": [p for p in group["params"] if id(p) not in heads], "start_step": start_step})
+    return [head_group] + out
 
 
 class StepRows(L.pytorch.Callback):

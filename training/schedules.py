@@ -98,6 +98,10 @@ class WarmupCosineRLP(LRScheduler):
     Call :meth:`step` after every optimiser step and :meth:`plateau_step` with the
     validation metric (lower is better) after every validation; the latter acts only after
     ``cosine_steps``. Lowered rates never go below ``min_lr``.
+
+    A parameter group with ``start_step`` s > 0 (a linear-probe start) stays at rate 0 before
+    step s, then runs its own warmup from s and a cosine that ends at ``cosine_steps`` as the
+    others'.
     """
 
     def __init__(self, optimizer, warmup_steps: int, cosine_steps: int, warmup_start_factor: float = 0.1,
@@ -117,6 +121,7 @@ class WarmupCosineRLP(LRScheduler):
         self.best = math.inf
         self.bad_epochs = 0
         self.min_factors = [group_min_factor(self.min_lr_factor, g.get("lr_scale", 1.0)) for g in optimizer.param_groups]
+        self.start_steps = [int(g.get("start_step", 0)) for g in optimizer.param_groups]
         super().__init__(optimizer, last_epoch)
 
     @property
@@ -134,8 +139,10 @@ class WarmupCosineRLP(LRScheduler):
         if step > self.cosine_steps:  # plateau stage: keep what the plateau rule set
             return [group["lr"] for group in self.optimizer.param_groups]
         return [
-            base * warmup_cosine_factor(step, self.warmup_steps, self.cosine_steps, self.warmup_start_factor, floor)
-            for base, floor in zip(self.base_lrs, self.min_factors)
+            0.0 if step < start else base * warmup_cosine_factor(
+                step - start, self.warmup_steps, max(self.cosine_steps - start, self.warmup_steps),
+                self.warmup_start_factor, floor)
+            for base, floor, start in zip(self.base_lrs, self.min_factors, self.start_steps)
         ]
 
     def plateau_step(self, metric: float) -> bool:
