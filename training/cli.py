@@ -89,6 +89,9 @@ ANTICIPATED = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
 @click.option("--final-epochs", type=int,
               help="Make the last N epochs an energy-refinement stage: energy loss weight x10 (or "
                    "final_loss_weights), constant rate lr x final_lr_factor (0.1); the model is the best of it.")
+@click.option("--head-epochs", type=int,
+              help="Linear-probe start (LP-FT): the first N epochs train only the new heads on the parent's "
+                   "features; then the parent's layers start their own warmup and cosine.")
 @click.option("--devices", help="Devices per node (a number or 'auto').")
 @click.option("--num-nodes", type=int, help="Nodes (several: one process per device on each).")
 @click.option("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, ...")

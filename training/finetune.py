@@ -305,14 +305,16 @@ def describe_settings(model: FineTunedModel, sources: dict, config: FinetuneConf
             f"{basis}, {cfg.neighbor_order} neighbour order; memory {model.memory}; "
             f"{describe_threads(torch.get_num_threads())}; heads "
             f"{[h.name + (f' (committee of {h.committee})' if h.committee > 1 else '') for h in cfg.heads]}; {len(frozen)} parameter tensors outside the loss frozen"
-            + final_stage_description(config))
+            + stages_description(config))
 
 
-def final_stage_description(config: FinetuneConfig) -> str:
+def stages_description(config: FinetuneConfig) -> str:
+    """The stages besides the main one (head-only start, energy refinement) in words; "" if none."""
+    text = f"; heads alone for the first {config.head_epochs} epochs" if config.head_epochs else ""
     if not config.final_epochs:
-        return ""
+        return text
     weights = ", ".join(f"{t} {w:g}" for t, w in config.stage_loss_weights(True).items())
-    return (f"; energy-refinement stage: last {config.final_epochs} of {config.max_epochs} epochs, "
+    return (f"{text}; energy-refinement stage: last {config.final_epochs} of {config.max_epochs} epochs, "
             f"loss weights {weights}, rate {config.final_lr_factor:g} x lr")
 
 
