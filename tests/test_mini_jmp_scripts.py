@@ -14,6 +14,8 @@ import pytest
 from ase.calculators.emt import EMT
 from ase.io import read
 
+from jmp_ase.training.finetune_config import FinetuneConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "benchmarks" / "mini_jmp"
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -109,6 +111,11 @@ def test_run_plan_from_a_given_pretrained_model(tmp_path):
     assert fine["init_energy_head"] == "molecules-gfn2" and "init_energy_head" not in scratch
     assert fine["loss"] == scratch["loss"] == "mse" and fine["max_epochs"] == scratch["max_epochs"]
     assert "finetune" not in fine and "learning_rates" not in fine
+    for name, each in spec["tasks"].items():  # every task's two runs are valid fine-tuning settings
+        for scratch_side in (False, True):
+            cfg = run.finetune_config(each, spec["common"], tmp_path, tmp_path / name, 2e-3, scratch_side, "jmp-mini")
+            FinetuneConfig.from_dict(cfg)
+            assert ("head_epochs" in cfg) == (name == "bulk-modulus" and not scratch_side)
     own = run.finetune_config(task, spec["common"], tmp_path, tmp_path / "o", 2e-3, False,
                               tmp_path / "pretrain" / "pretrain.ckpt")
     assert own["ema"] is True
