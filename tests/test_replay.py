@@ -129,14 +129,33 @@ def test_replay_option_of_the_command_line(data, tmp_path, value, message):
     assert result.exit_code != 0 and message in result.output
 
 
+def test_the_replay_stream_goes_on_where_it_stopped(data):
+    """restart(n) (a resumed run) gives the stream's batches from the (n+1)-th on, across the
+    sampler's epochs, not its first ones again."""
+    parent, _ = load_jmp_pretrained(resolve_model_path("jmp-mini"))
+    files = {"molecules-gfn2": str(data / "molecules.extxyz"), "catalysis-emt": str(data / "pretrain.extxyz")}
+    replay = Replay(PretrainingHeads(parent.output, parent.task_info), files, (1, 2), batch_size=4, seed=3)
+    stream = replay.batches()
+    first = [targets["ids"] for _, targets in (next(stream) for _ in range(7))]
+    assert first[0] != first[3] or first[1] != first[4]  # more than one epoch of 3 batches, reshuffled
+    replay.restart(4)
+    stream = replay.batches()
+    assert [targets["ids"] for _, targets in (next(stream) for _ in range(3))] == first[4:]
+
+
 def test_a_run_with_replay_resumes(data, tmp_path):
-    """The replayed heads and their EMA are part of last.ckpt: a resumed run continues with them."""
+    """The replayed heads and their EMA are part of last.ckpt: a resumed run continues with them,
+    and with the replay stream where it stopped (one replay batch per step)."""
     settings = dict(pretrained="jmp-mini", train=str(data / "train.extxyz"), val=str(data / "val.extxyz"),
                     targets=["gap"], out=str(tmp_path / "run"), batch_size=4, lr=1e-3, progress=False,
                     replay={"catalysis-emt": str(data / "pretrain.extxyz")})
     run_finetune(dict(settings, max_epochs=1))
-    first = torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    checkpoint = torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu", weights_only=False)
+    first = checkpoint["state_dict"]
+    assert checkpoint["finetune_state"]["replay_batches"] == 2  # 8 structures in batches of 4
     run_finetune(dict(settings, max_epochs=2, resume=True))
+    assert torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu",
+                      weights_only=False)["finetune_state"]["replay_batches"] == 4
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and "train_replay_loss" in rows[0]
     second = torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]

@@ -255,6 +255,7 @@ class FinetuneModule(L.LightningModule):
             "elapsed_s": time.perf_counter() - self._fit_start,
             # rows of the logs written up to this checkpoint; a resumed run drops the others
             "rows": {name: count_rows(self.out / name) for name in ("metrics.csv", "steps.csv")},
+            "replay_batches": None if self.replay is None else self.replay.batches_done,
         }
         checkpoint["rng_state"] = torch.get_rng_state()
 
@@ -264,6 +265,8 @@ class FinetuneModule(L.LightningModule):
         self._train = ErrorSums.from_state(state.get("train_sums"))
         self._val_metrics = dict(state.get("val_metrics") or {})
         self._elapsed_before = float(state.get("elapsed_s", 0.0))
+        if self.replay is not None:  # the replay stream goes on where it stopped, not from its start
+            self.replay.restart(int(state.get("replay_batches") or 0))
         if "rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["rng_state"])
 

@@ -77,6 +77,7 @@ class Replay(torch.nn.Module):
                 raise ValueError(f"replay: no structures for head {ds.name!r} in {data[ds.name]}")
         self.batch_size, self.seed = int(batch_size), int(seed)
         self._stream: Iterator | None = None
+        self.batches_done = 0  # replay batches handed out since the stream's start (saved in last.ckpt)
 
     @classmethod
     def of(cls, config, parent: Parent, model: JMPBackboneModel) -> "Replay":
@@ -96,14 +97,17 @@ class Replay(torch.nn.Module):
         return (f"replay: every step adds {weight:g} x the pre-training loss of one batch of {self.batch_size} "
                 f"structures from {sizes}, through the parent's heads")
 
-    def restart(self) -> None:
-        """The next batch is the stream's first again."""
-        self._stream = None
+    def restart(self, batches_done: int = 0) -> None:
+        """The next batch is the stream's first again, or (a resumed run) the one after ``batches_done``."""
+        self._stream, self.batches_done = None, int(batches_done)
 
     def batches(self, num_replicas: int = 1, rank: int = 0) -> Iterator:
-        """Endless ``(AtomsBatch, targets)`` of this process, epoch after epoch of the sampler."""
+        """Endless ``(AtomsBatch, targets)`` of this process, epoch after epoch of the sampler,
+        from batch ``batches_done`` of the stream on."""
         sampler = TemperatureBatchSampler([len(d) for d in self.datasets], self.batch_size, REPLAY_TEMPERATURE,
                                           self.seed, num_replicas, rank)
+        epoch, start = divmod(self.batches_done, len(sampler))
+        sampler.load_state_dict({"epoch": epoch, "start_batch": start, "seed": self.seed})
         items, collate = TaskItems(self.datasets), PretrainCollate(self.task_info, self.settings, None, False)
         while True:
             for keys in sampler:
@@ -115,6 +119,7 @@ class Replay(torch.nn.Module):
         if self._stream is None:
             self._stream = self.batches(num_replicas, rank)
         batch, targets = next(self._stream)
+        self.batches_done += 1
         device = self.head_of_task.device
         batch = batch.to(device)
         targets = {k: v.to(device) if torch.is_tensor(v) else v for k, v in targets.items()}
