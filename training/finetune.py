@@ -360,6 +360,9 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
     probe = collate([datasets["train"][i] for i in range(min(2, len(datasets["train"])))])
     replay = Replay.of(config, parent, model) if config.replay else None
     frozen = freeze_unused(model, probe, config, replay)
+    # the model and the replay hold copies of what they took from the parent; its own weights
+    # and pre-training heads (about 1 GB at JMP-L) need not stay in memory for the whole run
+    del parent, graph
     say(describe_settings(model, sources, config, frozen))
     if replay is not None:
         say(replay.describe(config.replay_weight))
