@@ -397,7 +397,8 @@ def test_linear_probe_start_moves_only_the_heads_first(data_dir):
         assert not torch.equal(head_before, head_after)
         still = all(torch.equal(before[n], after[n]) for n in before)
         assert still == (step < 2), step
-    for bad, match in (({"scratch": True}, "pre-trained parent"), ({"head_epochs": 3}, "head_epochs must be")):
+    for bad, match in (({"scratch": True}, "pre-trained parent"), ({"head_epochs": 3}, "head_epochs must be"),
+                       ({"cosine_epochs": 1}, "below 1, the epochs of the cosine")):
         with pytest.raises(ValueError, match=match):
             FinetuneConfig.from_dict({"train": "x.extxyz", "pretrained": "jmp-mini", "max_epochs": 4,
                                       "final_epochs": 1, "head_epochs": 1, **bad})

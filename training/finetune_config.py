@@ -136,9 +136,11 @@ class FinetuneConfig:
         if not 0 <= int(self.final_epochs) < int(self.max_epochs):
             raise ValueError(f"--final-epochs must be at least 0 and below --max-epochs ({self.max_epochs}), "
                              f"got {self.final_epochs}")
-        if not 0 <= int(self.head_epochs) < int(self.max_epochs) - int(self.final_epochs):
-            raise ValueError(f"head_epochs must be at least 0 and below the main stage's {int(self.max_epochs) - int(self.final_epochs)} "
-                             f"epochs (max_epochs - final_epochs), got {self.head_epochs}")
+        # after the cosine the rates only follow the plateau rule: layers still waiting then would never start
+        head_limit = min(float(self.cosine_epochs), int(self.max_epochs) - int(self.final_epochs))
+        if not 0 <= int(self.head_epochs) < head_limit:
+            raise ValueError(f"head_epochs must be at least 0 and below {head_limit:g}, the epochs of the cosine "
+                             f"(cosine_epochs, at most max_epochs - final_epochs), got {self.head_epochs}")
         if int(self.head_epochs) and (self.scratch or not self.pretrained):
             raise ValueError("head_epochs trains the new heads on the parent's features first: it needs a pre-trained "
                              "parent (pretrained: PATH, not scratch)")
