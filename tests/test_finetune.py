@@ -404,6 +404,17 @@ def test_linear_probe_start_moves_only_the_heads_first(data_dir):
                                       "final_epochs": 1, "head_epochs": 1, **bad})
 
 
+def test_a_run_with_a_head_alone_start(data_dir, tmp_path):
+    """head_epochs reaches the optimiser of a real run: the heads' group first, every other group
+    waiting for one epoch of steps (12 structures in batches of 6)."""
+    run_finetune(base_config(data_dir, tmp_path / "run", pretrained="jmp-mini", max_epochs=2, head_epochs=1))
+    state = torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu", weights_only=False)
+    groups = state["optimizer_states"][0]["param_groups"]
+    assert groups[0]["name"] == "heads" and groups[0]["start_step"] == 0
+    assert len(groups) > 1 and all(g["start_step"] == 2 for g in groups[1:])
+    assert state["lr_schedulers"][0]["start_steps"] == [0] + [2] * (len(groups) - 1)
+
+
 def test_final_stage_run(data_dir, tmp_path):
     """The last epoch trains with the final weights at the constant final rate, and the saved model is
     the best of that stage although earlier epochs had a lower val_loss (weighted differently)."""
