@@ -12,7 +12,7 @@ The heads, their normalisation, element references and graph settings are the pa
 backbone and with the same weights (EMA with ``ema``): the replay data must be
 the data those heads were trained on (or more of the same kind). Batches mix the named data
 sets by temperature sampling (T = 2, as pre-training). The heads train but are not part of
-the fine-tuned model file. A resumed run restarts the replay sampling at its first batch.
+the fine-tuned model file. A resumed run continues the replay stream where it stopped.
 """
 from __future__ import annotations
 
